@@ -1,0 +1,45 @@
+"""Argument helpers shared by several commands (no heavy imports here)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+DEFAULT_MODELS_DIR = Path("models")
+# Folder names that say nothing about the machine: `recordings/normal` -> "recordings".
+GENERIC_NAMES = {"normal", "train", "training", "data", "clips", "audio", "wav", "wavs", "test", "dev", "source",
+                 "target"}
+
+
+def add_model_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-m", "--model", required=True, metavar="MODEL",
+                   help="model directory, or a name under ./models (e.g. models/pump-3 or pump-3)")
+
+
+def resolve_model(model: str) -> Path:
+    """A model given as a directory, or as a bare name under ``./models``."""
+    p = Path(model)
+    if not p.exists() and len(p.parts) == 1 and (DEFAULT_MODELS_DIR / p).exists():
+        return DEFAULT_MODELS_DIR / p
+    return p
+
+
+def default_model_name(folder: str | Path) -> str:
+    """A model name from a training folder, skipping generic folder names."""
+    p = Path(folder).resolve()
+    for part in [p, *p.parents]:
+        if part.name and part.name.lower() not in GENERIC_NAMES:
+            return part.name
+    return "detector"
+
+
+def positive_float(text: str) -> float:
+    v = float(text)
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return v
+
+
+def add_channel_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--channel", type=int, default=None, metavar="C",
+                   help="use channel C (0-based) of multichannel audio instead of the mean of all channels")

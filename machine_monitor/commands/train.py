@@ -1,0 +1,70 @@
+"""``machine-monitor train DIR``: learn a machine's normal sound and save a detector."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from machine_monitor.commands.common import DEFAULT_MODELS_DIR, add_channel_arg, default_model_name, positive_float
+
+HELP = "train a detector on recordings of a machine running normally"
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help=HELP, description=HELP + ". Saves it to models/<name>/ (or --out).",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("inputs", nargs="+", metavar="DIR_OR_FILE", help="folders (or files) of normal recordings")
+    p.add_argument("-o", "--out", type=Path, help="model directory (default: models/<name from the folder>)")
+    p.add_argument("-r", "--recursive", action="store_true", help="also look in subfolders")
+    g = p.add_argument_group("detector")
+    g.add_argument("--features", choices=("logmel", "raw"), default="logmel",
+                   help="log-mel (128 mels x 5 frames) or raw 16 kHz waveform frames")
+    g.add_argument("--scorer", default="mse", help="window score on the reconstruction: mse | mahalanobis")
+    g.add_argument("--aggregate", default="mean", help="clip score from window scores: mean | max | median | pNN")
+    g.add_argument("--epochs", type=int, default=100, help="maximum training epochs (early stopping on held-out clips)")
+    g.add_argument("--batch-size", type=int, default=256)
+    g.add_argument("--lr", type=float, default=1e-3, help="learning rate")
+    g.add_argument("--val-fraction", type=float, default=0.2, help="share of clips held out for validation")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--device", default=None, help="torch device (default: a GPU if present, else cpu)")
+    add_channel_arg(g)
+    t = p.add_argument_group("threshold")
+    t.add_argument("--percentile", type=float, default=99.0,
+                   help="alarm above this percentile of held-out normal clip scores")
+    t.add_argument("--threshold-method", choices=("percentile", "gamma"), default="percentile",
+                   help="percentile of the scores, or of a gamma distribution fitted to them")
+    t.add_argument("--contamination", type=positive_float, default=None, metavar="FRACTION",
+                   help="instead, set the threshold from --threshold-data, a folder known to hold this "
+                   "fraction of anomalies")
+    t.add_argument("--threshold-data", nargs="+", metavar="DIR_OR_FILE", help="the mixed folder for --contamination")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from machine_monitor.audio.io import find_audio_files
+    from machine_monitor.detector import Detector
+    from machine_monitor.errors import ConfigError
+
+    if (args.contamination is None) != (args.threshold_data is None):
+        raise ConfigError("--contamination and --threshold-data go together")
+    clips = find_audio_files(args.inputs, recursive=args.recursive)
+    if not clips:
+        raise ConfigError(f"no audio files in {', '.join(args.inputs)}")
+    out = args.out or DEFAULT_MODELS_DIR / default_model_name(args.inputs[0])
+    print(f"training on {len(clips)} clips from {', '.join(args.inputs)}", file=sys.stderr)
+    det = Detector(features=args.features, scorer=args.scorer, aggregate=args.aggregate, percentile=args.percentile,
+                   threshold_method=args.threshold_method, val_fraction=args.val_fraction, epochs=args.epochs,
+                   batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
+                   channel=args.channel, progress=args.progress)
+    det.fit(clips)
+    if args.contamination is not None:
+        mix = find_audio_files(args.threshold_data, recursive=args.recursive)
+        det.set_threshold(mix, method="contamination", contamination=args.contamination)
+    det.save(out)
+    t = det.threshold_
+    how = (f"p{t['percentile']:g} of {t['n_scores']} held-out normal clips" if t["method"] == "percentile"
+           else f"{t['method']}, p{t['percentile']:g} of {t['n_scores']} clips")
+    print(f"saved {out}  threshold {t['value']:.4g} ({how}); {len(det.history_)} epochs, "
+          f"fit {det.fit_seconds_:.1f} s")
+    return 0

@@ -1,0 +1,299 @@
+"""The fitted chain: features -> autoencoder -> scorer -> threshold.
+
+:class:`Detector` is the one object the CLI, ``scan`` and ``monitor`` talk to.
+It follows the scikit-learn / PyOD shape: parameters in ``__init__`` (no logic),
+``fit(clips) -> self``, learned state in attributes ending in ``_``,
+``score(clips)`` (higher = more anomalous), ``predict(clips)`` (0/1).
+
+Clips are file paths, 16 kHz mono float arrays, or ``(array, sample_rate)`` tuples.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from machine_monitor.audio.io import check_signal, load_audio, to_mono
+from machine_monitor.errors import ConfigError, NotFittedError
+from machine_monitor.features import FeatureConfig, frames, gather_windows, stack_frames, window_index
+from machine_monitor.scoring import Reconstruction, check_aggregate, make_scorer
+from machine_monitor.threshold import DEFAULT_PERCENTILE, fit_threshold
+
+log = logging.getLogger(__name__)
+
+Clip = "str | os.PathLike | np.ndarray | tuple[np.ndarray, int]"
+
+
+def clip_name(clip, i: int) -> str:
+    """How a clip is named in messages: its path, or ``array[i]``."""
+    return str(clip) if isinstance(clip, (str, os.PathLike)) else f"array[{i}]"
+
+
+def score_stats(scores: np.ndarray) -> dict:
+    """Summary statistics of a score sample, as stored in ``model.json``."""
+    s = np.asarray(scores, dtype=np.float64)
+    if s.size == 0:
+        return {"n": 0}
+    q = np.percentile(s, [5, 50, 95])
+    return {"n": int(s.size), "mean": float(s.mean()), "std": float(s.std()), "min": float(s.min()),
+            "p5": float(q[0]), "median": float(q[1]), "p95": float(q[2]), "max": float(s.max())}
+
+
+class Detector:
+    """Acoustic anomaly detector trained on normal sound only.
+
+    Parameters
+    ----------
+    features : {"logmel", "raw"}
+        Log-mel (128 mels x 5 frames, absolute dB) or raw-waveform frames.
+    scorer : str
+        How a reconstruction becomes a window score (see ``scoring.SCORERS``).
+    aggregate : str
+        How window scores pool into a clip score: ``mean``, ``max``, ``median``, ``pNN``.
+    percentile : float
+        Threshold = this percentile of held-out normal clip scores.
+    threshold_method : {"percentile", "gamma"}
+    val_fraction : float
+        Share of training clips held out (whole clips) for early stopping and threshold.
+    epochs, batch_size, lr, patience, hidden, bottleneck : network training settings.
+    seed : int
+        Seeds the clip split, initialisation and batch order (deterministic on CPU).
+    device : str or None
+        Torch device for training and scoring; ``None`` = a GPU if present, else CPU.
+    channel : int or None
+        Channel of multichannel files to use (0-based); ``None`` = mean of channels.
+    progress : bool
+        Show progress bars on stderr.
+    """
+
+    def __init__(self, *, features: str = "logmel", scorer: str = "mse", aggregate: str = "mean",
+                 percentile: float = DEFAULT_PERCENTILE, threshold_method: str = "percentile",
+                 val_fraction: float = 0.2, epochs: int = 100, batch_size: int = 256, lr: float = 1e-3,
+                 patience: int = 10, hidden: Sequence[int] = (128, 128, 128, 128), bottleneck: int = 8,
+                 seed: int = 0, device: str | None = None, channel: int | None = None,
+                 progress: bool = False):
+        self.features = features
+        self.scorer = scorer
+        self.aggregate = aggregate
+        self.percentile = percentile
+        self.threshold_method = threshold_method
+        self.val_fraction = val_fraction
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.patience = patience
+        self.hidden = hidden
+        self.bottleneck = bottleneck
+        self.seed = seed
+        self.device = device
+        self.channel = channel
+        self.progress = progress
+
+    # -- audio and features ------------------------------------------------
+    @property
+    def feature_config(self) -> FeatureConfig:
+        return getattr(self, "feature_config_", None) or FeatureConfig.for_kind(self.features)
+
+    def load_signal(self, clip, i: int = 0) -> np.ndarray:
+        """One clip as a validated 16 kHz mono float32 signal."""
+        cfg = self.feature_config
+        name = clip_name(clip, i)
+        if isinstance(clip, (str, os.PathLike)):
+            return load_audio(clip, sr=cfg.sr, channel=self.channel, min_samples=cfg.min_samples)
+        if isinstance(clip, tuple):
+            y, sr = clip
+            y = to_mono(np.asarray(y, dtype=np.float32), channel=self.channel, source=name)
+            check_signal(y, sr=sr, source=name)  # NaNs must not reach the resampler
+            if sr != cfg.sr:
+                import soxr
+
+                y = soxr.resample(y, sr, cfg.sr, quality="HQ").astype(np.float32)
+        else:
+            y = to_mono(np.asarray(clip, dtype=np.float32), channel=self.channel, source=name)
+        return check_signal(y, sr=cfg.sr, min_samples=cfg.min_samples, source=name)
+
+    def _frames(self, y: np.ndarray) -> np.ndarray:
+        """Standardised frames ``(n_frames, frame_dims)`` of a signal."""
+        f = frames(y, self.feature_config)
+        f -= self.feature_mean_
+        f /= self.feature_std_
+        return f
+
+    # -- fitting -----------------------------------------------------------
+    def _check_params(self, n_clips: int) -> None:
+        check_aggregate(self.aggregate)
+        if n_clips < 2:
+            raise ConfigError(f"need at least 2 normal clips to train (one is held out), got {n_clips}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"val_fraction must be in (0, 1), not {self.val_fraction!r}")
+        if self.threshold_method not in ("percentile", "gamma"):
+            raise ConfigError(f"threshold_method must be percentile or gamma, not {self.threshold_method!r}")
+
+    def fit(self, clips: Iterable, y=None) -> Detector:
+        """Learn "normal" from clips of normal machine sound.
+
+        Holds out ``val_fraction`` of the clips (whole clips, seeded) for early
+        stopping and for the threshold, so the threshold reflects clips the
+        network never trained on.
+        """
+        import torch
+
+        from machine_monitor.autoencoder import (
+            DenseAutoencoder,
+            NetworkConfig,
+            TrainConfig,
+            default_device,
+            train_autoencoder,
+        )
+
+        clips = list(clips)
+        self._check_params(len(clips))
+        t0 = time.perf_counter()
+        self.feature_config_ = FeatureConfig.for_kind(self.features)
+        cfg = self.feature_config_
+
+        per_clip, seconds = [], []
+        from tqdm.auto import tqdm
+
+        for i, clip in enumerate(tqdm(clips, desc="features", unit="clip", disable=not self.progress, leave=False)):
+            y_ = self.load_signal(clip, i)
+            seconds.append(y_.size / cfg.sr)
+            per_clip.append(frames(y_, cfg))
+        self.clip_seconds_ = float(np.median(seconds))
+
+        rng = np.random.default_rng(self.seed)
+        order = rng.permutation(len(clips))
+        n_val = min(len(clips) - 1, max(1, int(round(self.val_fraction * len(clips)))))
+        self.val_clips_ = np.sort(order[:n_val])
+        train_ids = np.sort(order[n_val:])
+
+        # Standardisation from training frames; float64 sums, float32 data.
+        train_f = np.concatenate([per_clip[i] for i in train_ids])
+        self.feature_mean_ = train_f.mean(axis=0, dtype=np.float64).astype(np.float32)
+        self.feature_std_ = np.maximum(train_f.std(axis=0, dtype=np.float64), 1e-3).astype(np.float32)
+        del train_f
+        for f in per_clip:
+            f -= self.feature_mean_
+            f /= self.feature_std_
+
+        ctx = cfg.context
+        train_frames = np.concatenate([per_clip[i] for i in train_ids])
+        val_frames = np.concatenate([per_clip[i] for i in self.val_clips_])
+        train_starts = window_index(np.array([len(per_clip[i]) for i in train_ids]), context=ctx)
+        val_starts = window_index(np.array([len(per_clip[i]) for i in self.val_clips_]), context=ctx)
+
+        device = torch.device(self.device) if self.device else default_device()
+        self.network_config_ = NetworkConfig(cfg.window_dims, tuple(int(h) for h in self.hidden), int(self.bottleneck))
+        self.train_config_ = TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+                                         patience=self.patience, seed=self.seed)
+        torch.manual_seed(self.seed)
+        self.network_ = DenseAutoencoder(self.network_config_)
+        self.history_ = train_autoencoder(
+            self.network_,
+            lambda idx: gather_windows(train_frames, train_starts[idx], context=ctx), len(train_starts),
+            lambda idx: gather_windows(val_frames, val_starts[idx], context=ctx), len(val_starts),
+            self.train_config_, device=device, progress=self.progress)
+
+        recons = [self._reconstruct(f) for f in per_clip]
+        self.scorer_ = make_scorer(self.scorer, aggregate=self.aggregate).fit([recons[i] for i in train_ids])
+        scores = self.scorer_.score(recons)
+        self.train_scores_ = scores[train_ids]
+        self.val_scores_ = scores[self.val_clips_]
+        self.threshold_ = fit_threshold(self.val_scores_, method=self.threshold_method, percentile=self.percentile)
+        self.fit_seconds_ = time.perf_counter() - t0
+        self.n_clips_ = len(clips)
+        return self
+
+    # -- scoring -----------------------------------------------------------
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "threshold_"):
+            raise NotFittedError("this Detector is not fitted yet: call fit(clips) or Detector.load(dir)")
+
+    def _reconstruct(self, f: np.ndarray) -> Reconstruction:
+        import torch
+
+        x = stack_frames(f, context=self.feature_config.context)
+        with torch.no_grad():
+            self.network_.eval()
+            device = next(self.network_.parameters()).device
+            xt = torch.from_numpy(x).to(device)
+            z = self.network_.encoder(xt)
+            x_hat = self.network_.decoder(z)
+        return Reconstruction(x=x, x_hat=x_hat.cpu().numpy(), z=z.cpu().numpy())
+
+    def reconstruct_signal(self, y: np.ndarray) -> Reconstruction:
+        """The network's reconstruction of every window of a validated signal."""
+        self._check_fitted()
+        return self._reconstruct(self._frames(y))
+
+    def window_scores(self, y: np.ndarray) -> np.ndarray:
+        """Per-window scores ``(n_windows,)`` of a validated 16 kHz signal."""
+        return self.scorer_.window_scores(self.reconstruct_signal(y))
+
+    def score_signal(self, y: np.ndarray) -> float:
+        """Clip score of one validated 16 kHz mono signal."""
+        return float(self.scorer_.score([self.reconstruct_signal(y)])[0])
+
+    def window_seconds(self) -> float:
+        """Duration one window of features covers."""
+        cfg = self.feature_config
+        return cfg.min_samples / cfg.sr
+
+    def score(self, clips: Iterable) -> np.ndarray:
+        """Anomaly score of each clip, ``(n_clips,)``; higher = more anomalous.
+
+        Raises ``AudioReadError`` naming the first clip that cannot be used.
+        """
+        self._check_fitted()
+        return np.array([self.score_signal(self.load_signal(c, i)) for i, c in enumerate(clips)], dtype=np.float64)
+
+    def decision_function(self, clips: Iterable) -> np.ndarray:
+        """Alias of :meth:`score` (PyOD name)."""
+        return self.score(clips)
+
+    @property
+    def threshold_value_(self) -> float:
+        self._check_fitted()
+        return float(self.threshold_["value"])
+
+    def predict(self, clips: Iterable) -> np.ndarray:
+        """1 for clips scoring above the threshold, else 0."""
+        return (self.score(clips) > self.threshold_value_).astype(np.int64)
+
+    def set_threshold(self, clips: Iterable | None = None, *, scores=None, method: str = "contamination",
+                      percentile: float | None = None, contamination: float | None = None) -> Detector:
+        """Re-set the alarm threshold from new clips (or their scores).
+
+        ``method="contamination"`` with a folder known to hold that fraction of
+        anomalies (alibi-detect style); ``percentile``/``gamma`` with normal clips.
+        """
+        self._check_fitted()
+        if scores is None:
+            scores = self.score(clips)
+        self.threshold_ = fit_threshold(scores, method=method, percentile=percentile or self.percentile,
+                                        contamination=contamination)
+        return self
+
+    # -- persistence -------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write a self-describing model directory (atomically); returns its path."""
+        from machine_monitor.persistence import save_detector
+
+        self._check_fitted()
+        return save_detector(self, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, device: str | None = None) -> Detector:
+        """Load a model directory; refuses tampered or inconsistent models (``ModelError``)."""
+        from machine_monitor.persistence import load_detector
+
+        return load_detector(path, device=device)
+
+    def __repr__(self) -> str:
+        state = f", threshold={self.threshold_value_:.4g}" if hasattr(self, "threshold_") else ""
+        return f"Detector(features={self.features!r}, scorer={self.scorer!r}, aggregate={self.aggregate!r}{state})"

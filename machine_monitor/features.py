@@ -1,0 +1,177 @@
+"""Pure feature functions: signal -> frames -> stacked windows.
+
+Every feature here is a matrix of *frames* ``(n_frames, n_dims)``; the autoencoder
+sees *windows* of ``context`` consecutive frames flattened to ``context * n_dims``.
+Keeping frames (not windows) in memory makes training sets ``context`` times smaller:
+windows are gathered per batch (see :func:`window_index`).
+
+* ``logmel``: DCASE front-end, power mel spectrogram with an **absolute** log
+  reference (``10 * log10(mel + eps)``) so that a louder machine looks different.
+* ``raw``: the waveform itself in blocks of ``hop_length`` samples; a window of
+  ``context`` blocks is a raw frame of ``context * hop_length`` samples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import lru_cache
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from machine_monitor.errors import ConfigError
+
+LOG_EPS = 1e-10
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureConfig:
+    """Every parameter that turns a signal into autoencoder windows (saved with a model)."""
+
+    kind: str = "logmel"
+    sr: int = 16_000
+    n_fft: int = 1024
+    hop_length: int = 512
+    n_mels: int = 128
+    context: int = 5
+
+    def __post_init__(self):
+        if self.kind not in ("logmel", "raw"):
+            raise ConfigError(f"features must be 'logmel' or 'raw', not {self.kind!r}")
+        for name in ("sr", "n_fft", "hop_length", "n_mels", "context"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"feature parameter {name} must be >= 1, not {getattr(self, name)!r}")
+
+    @classmethod
+    def for_kind(cls, kind: str, **overrides) -> FeatureConfig:
+        """Defaults per kind: logmel 128 mels x 5 frames (640 dims); raw 1024-sample frames."""
+        base = {"raw": {"hop_length": 256, "context": 4}}.get(kind, {})
+        return cls(kind=kind, **{**base, **overrides})
+
+    @property
+    def frame_dims(self) -> int:
+        return self.n_mels if self.kind == "logmel" else self.hop_length
+
+    @property
+    def window_dims(self) -> int:
+        return self.frame_dims * self.context
+
+    @property
+    def min_samples(self) -> int:
+        """Shortest signal that yields one window."""
+        first = self.n_fft if self.kind == "logmel" else self.hop_length
+        return first + (self.context - 1) * self.hop_length
+
+    def n_frames(self, n_samples: int) -> int:
+        first = self.n_fft if self.kind == "logmel" else self.hop_length
+        return 0 if n_samples < first else 1 + (n_samples - first) // self.hop_length
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@lru_cache(maxsize=8)
+def _mel_basis(sr: int, n_fft: int, n_mels: int) -> np.ndarray:
+    import librosa  # heavy import, only when a log-mel is first needed
+
+    return librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels).astype(np.float32)
+
+
+@lru_cache(maxsize=8)
+def _hann(n_fft: int) -> np.ndarray:
+    # Periodic Hann, as librosa/scipy use for STFT analysis.
+    return (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)).astype(np.float32)
+
+
+def logmel_frames(
+    y: np.ndarray, *, sr: int = 16_000, n_fft: int = 1024, hop_length: int = 512, n_mels: int = 128
+) -> np.ndarray:
+    """Log-mel power spectrogram with an absolute reference.
+
+    Frames are not centred (no padding): frame ``t`` covers samples
+    ``[t * hop_length, t * hop_length + n_fft)``, so a window's features depend on
+    that window's audio only, the same in a file and in a live stream.
+
+    Parameters
+    ----------
+    y : np.ndarray [shape=(n,)]
+        Mono signal at ``sr``.
+
+    Returns
+    -------
+    np.ndarray [shape=(n_frames, n_mels), dtype=float32]
+        ``10 * log10(mel_power + 1e-10)``; ``n_frames = 1 + (n - n_fft) // hop_length``.
+    """
+    y = np.asarray(y, dtype=np.float32)
+    if y.size < n_fft:
+        return np.zeros((0, n_mels), dtype=np.float32)
+    frames = sliding_window_view(y, n_fft)[::hop_length]
+    spec = np.fft.rfft(frames * _hann(n_fft), axis=1)
+    power = (spec.real**2 + spec.imag**2).astype(np.float32)
+    mel = power @ _mel_basis(sr, n_fft, n_mels).T
+    return (10.0 * np.log10(mel + LOG_EPS)).astype(np.float32)
+
+
+def raw_frames(y: np.ndarray, *, hop_length: int = 256) -> np.ndarray:
+    """Raw waveform cut into consecutive, non-overlapping blocks.
+
+    Parameters
+    ----------
+    y : np.ndarray [shape=(n,)]
+
+    Returns
+    -------
+    np.ndarray [shape=(n // hop_length, hop_length), dtype=float32]
+        A trailing partial block is dropped.
+    """
+    y = np.asarray(y, dtype=np.float32)
+    n = y.size // hop_length
+    return y[: n * hop_length].reshape(n, hop_length).copy()
+
+
+def frames(y: np.ndarray, config: FeatureConfig) -> np.ndarray:
+    """Frames of ``y`` for ``config``: ``(n_frames, config.frame_dims)`` float32."""
+    if config.kind == "logmel":
+        return logmel_frames(y, sr=config.sr, n_fft=config.n_fft, hop_length=config.hop_length, n_mels=config.n_mels)
+    return raw_frames(y, hop_length=config.hop_length)
+
+
+def stack_frames(f: np.ndarray, *, context: int = 5) -> np.ndarray:
+    """Stack ``context`` consecutive frames into one vector per window.
+
+    Parameters
+    ----------
+    f : np.ndarray [shape=(n_frames, d)]
+
+    Returns
+    -------
+    np.ndarray [shape=(n_frames - context + 1, context * d), dtype=float32]
+        Row ``t`` is ``f[t], f[t+1], ..., f[t+context-1]`` concatenated.
+    """
+    n = f.shape[0] - context + 1
+    if n <= 0:
+        return np.zeros((0, context * f.shape[1]), dtype=np.float32)
+    return np.ascontiguousarray(sliding_window_view(f, (context, f.shape[1]))[:, 0].reshape(n, -1))
+
+
+def window_index(lengths: np.ndarray, *, context: int) -> np.ndarray:
+    """Start rows of every valid window in frames of several clips concatenated.
+
+    Parameters
+    ----------
+    lengths : np.ndarray [shape=(n_clips,)]
+        Number of frames of each clip, in concatenation order.
+
+    Returns
+    -------
+    np.ndarray [shape=(n_windows,), dtype=int64]
+        Row ``s`` such that ``frames[s : s + context]`` lies inside one clip.
+    """
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    per_clip = [np.arange(s, s + max(0, n - context + 1), dtype=np.int64) for s, n in zip(starts, lengths)]
+    return np.concatenate(per_clip) if per_clip else np.zeros(0, dtype=np.int64)
+
+
+def gather_windows(f: np.ndarray, starts: np.ndarray, *, context: int) -> np.ndarray:
+    """Windows beginning at ``starts`` in a frame matrix ``f``: ``(len(starts), context * d)``."""
+    return f[starts[:, None] + np.arange(context)].reshape(len(starts), -1)

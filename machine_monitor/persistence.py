@@ -1,0 +1,257 @@
+"""Save and load a :class:`Detector` as a self-describing model directory.
+
+Layout (the contract in DESIGN.md)::
+
+    models/<name>/
+      model.json           schema, every parameter, threshold, score statistics,
+                           package versions, sha256 of every other file
+      network.safetensors  autoencoder weights and BatchNorm buffers
+      arrays.safetensors   feature standardisation and scorer arrays
+      scorer.skops         scikit-learn parts, when a scorer has any
+
+Nothing here unpickles: safetensors holds plain tensors, skops loads only types
+on an explicit allow-list. A directory is written next to its destination and
+renamed into place, so a crash never leaves a half-written model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from machine_monitor.errors import ModelError
+
+SCHEMA_VERSION = 1
+MANIFEST = "model.json"
+NETWORK_FILE = "network.safetensors"
+ARRAYS_FILE = "arrays.safetensors"
+SKOPS_FILE = "scorer.skops"
+# Detector.__init__ parameters saved with the model (device and progress are per run).
+SAVED_PARAMS = ("features", "scorer", "aggregate", "percentile", "threshold_method", "val_fraction", "epochs",
+                "batch_size", "lr", "patience", "hidden", "bottleneck", "seed", "channel")
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def package_versions() -> dict:
+    from importlib import metadata
+
+    out = {}
+    for name in ("machine-monitor", "numpy", "torch", "scikit-learn", "librosa", "soundfile", "safetensors", "skops"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def save_detector(det, path: str | os.PathLike) -> Path:
+    """Write ``det`` to ``path`` atomically (replacing an existing model there)."""
+    from safetensors.numpy import save_file as save_np
+    from safetensors.torch import save_file as save_torch
+
+    from machine_monitor.detector import score_stats
+
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    try:
+        state = {k: v.detach().cpu().contiguous() for k, v in det.network_.state_dict().items()}
+        save_torch(state, tmp / NETWORK_FILE)
+        arrays = {"feature_mean": det.feature_mean_, "feature_std": det.feature_std_}
+        arrays.update({f"scorer.{k}": np.ascontiguousarray(v) for k, v in det.scorer_.get_arrays().items()})
+        save_np(arrays, tmp / ARRAYS_FILE)
+        estimators = getattr(det.scorer_, "get_estimators", lambda: {})()
+        if estimators:
+            import skops.io as sio
+
+            sio.dump(estimators, tmp / SKOPS_FILE)
+
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "format": "machine-monitor detector",
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "sample_rate": det.feature_config_.sr,
+            "params": {k: getattr(det, k) for k in SAVED_PARAMS},
+            "features": det.feature_config_.to_dict(),
+            "network": det.network_config_.to_dict(),
+            "training": {
+                **{k: v for k, v in vars(det.train_config_).items()},
+                "epochs_run": len(det.history_),
+                "best_val_loss": min(h["val_loss"] for h in det.history_),
+                "history": det.history_,
+                "fit_seconds": det.fit_seconds_,
+                "n_clips": det.n_clips_,
+                "val_clips": det.val_clips_,
+                "clip_seconds": det.clip_seconds_,
+            },
+            "scorer": {"name": det.scorer_.name, "params": det.scorer_.get_params(),
+                       "estimators": sorted(estimators)},
+            "threshold": det.threshold_,
+            "scores": {"train": score_stats(det.train_scores_), "validation": score_stats(det.val_scores_),
+                       "train_values": det.train_scores_, "validation_values": det.val_scores_},
+            "versions": package_versions(),
+            "files": {},
+        }
+        manifest["files"] = {p.name: sha256(p) for p in sorted(tmp.iterdir())}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=_json_default) + "\n")
+        os.chmod(tmp, 0o755)
+        # Swap into place: the old model survives until the new one is complete.
+        old = None
+        if dest.exists():
+            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+            dest.rename(old)
+        tmp.rename(dest)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+def read_manifest(path: str | os.PathLike) -> dict:
+    """Parse and verify ``model.json``: schema, and the sha256 of every listed file."""
+    root = Path(path)
+    mpath = root / MANIFEST
+    if not root.is_dir():
+        raise ModelError(f"{root}: no such model directory")
+    if not mpath.is_file():
+        raise ModelError(f"{root}: not a model directory (no {MANIFEST})")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{mpath}: not valid JSON ({exc})") from None
+    version = manifest.get("schema_version") if isinstance(manifest, dict) else None
+    if version != SCHEMA_VERSION:
+        raise ModelError(f"{mpath}: schema version {version!r} is not supported (expected {SCHEMA_VERSION})")
+    files = manifest.get("files") or {}
+    for required in (NETWORK_FILE, ARRAYS_FILE):
+        if required not in files:
+            raise ModelError(f"{mpath}: lists no {required}")
+    for name, digest in files.items():
+        f = root / name
+        if Path(name).name != name:
+            raise ModelError(f"{mpath}: file entry {name!r} is not a plain file name")
+        if not f.is_file():
+            raise ModelError(f"{f}: missing from the model directory")
+        if sha256(f) != digest:
+            raise ModelError(f"{f}: sha256 does not match model.json (file changed or tampered with)")
+    return manifest
+
+
+def load_detector(path: str | os.PathLike, *, device: str | None = None):
+    """Rebuild a fitted :class:`Detector` from a verified model directory."""
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file as load_np
+    from safetensors.torch import load_file as load_torch
+
+    from machine_monitor.autoencoder import DenseAutoencoder, NetworkConfig, TrainConfig, default_device
+    from machine_monitor.detector import Detector
+    from machine_monitor.errors import ConfigError
+    from machine_monitor.features import FeatureConfig
+    from machine_monitor.scoring import make_scorer
+
+    root = Path(path)
+    m = read_manifest(root)
+    try:
+        det = Detector(**{k: m["params"][k] for k in SAVED_PARAMS if k in m["params"]}, device=device)
+        det.feature_config_ = FeatureConfig(**m["features"])
+        det.network_config_ = NetworkConfig.from_dict(m["network"])
+        train = m["training"]
+        det.train_config_ = TrainConfig(**{k: train[k] for k in TrainConfig.__dataclass_fields__})
+        scorer = make_scorer(m["scorer"]["name"], **m["scorer"]["params"])
+    except (KeyError, TypeError, ConfigError) as exc:
+        raise ModelError(f"{root / MANIFEST}: incomplete or invalid model description ({exc})") from None
+
+    cfg, net_cfg = det.feature_config_, det.network_config_
+    if m.get("sample_rate") != cfg.sr:
+        raise ModelError(f"{root / MANIFEST}: sample_rate {m.get('sample_rate')} disagrees with features.sr {cfg.sr}")
+    if net_cfg.input_dim != cfg.window_dims:
+        raise ModelError(f"{root / MANIFEST}: network input {net_cfg.input_dim} does not match the features "
+                         f"({cfg.kind}: {cfg.context} x {cfg.frame_dims} = {cfg.window_dims} dims)")
+    try:
+        arrays = load_np(str(root / ARRAYS_FILE))
+        state = load_torch(str(root / NETWORK_FILE))
+    except (SafetensorError, OSError) as exc:
+        raise ModelError(f"{root}: cannot read weights ({exc})") from None
+    for key in ("feature_mean", "feature_std"):
+        if arrays.get(key) is None or arrays[key].shape != (cfg.frame_dims,):
+            raise ModelError(f"{root / ARRAYS_FILE}: {key} does not match {cfg.frame_dims} feature dims")
+    det.feature_mean_, det.feature_std_ = arrays["feature_mean"], arrays["feature_std"]
+
+    net = DenseAutoencoder(net_cfg)
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ModelError(f"{root / NETWORK_FILE}: weights do not fit the network in model.json ({exc})") from None
+    det.network_ = net.to(torch.device(device) if device else default_device()).eval()
+
+    scorer.set_arrays({k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith("scorer.")})
+    if m["scorer"].get("estimators"):
+        scorer.set_estimators(_load_skops(root / SKOPS_FILE))
+    det.scorer_ = scorer
+    det.threshold_ = m["threshold"]
+    det.history_ = train.get("history", [])
+    det.fit_seconds_ = train.get("fit_seconds")
+    det.n_clips_ = train.get("n_clips")
+    det.val_clips_ = np.asarray(train.get("val_clips", []), dtype=np.int64)
+    det.clip_seconds_ = train.get("clip_seconds")
+    det.train_scores_ = np.asarray(m["scores"].get("train_values", []), dtype=np.float64)
+    det.val_scores_ = np.asarray(m["scores"].get("validation_values", []), dtype=np.float64)
+    det.manifest_ = m
+    det.model_dir_ = root
+    return det
+
+
+# Types a scorer's scikit-learn parts may contain; anything else is refused.
+TRUSTED_SKOPS_TYPES = [
+    "sklearn.ensemble._forest.RandomForestClassifier",
+    "sklearn.ensemble._iforest.IsolationForest",
+    "sklearn.tree._classes.DecisionTreeClassifier",
+    "sklearn.tree._classes.ExtraTreeRegressor",
+    "sklearn.tree._tree.Tree",
+    "sklearn.svm._classes.OneClassSVM",
+    "sklearn.preprocessing._data.StandardScaler",
+    "sklearn.pipeline.Pipeline",
+    "sklearn.mixture._gaussian_mixture.GaussianMixture",
+    "numpy.random._mt19937.MT19937",
+    "numpy.random.mtrand.RandomState",
+    "builtins.dict",
+]
+
+
+def _load_skops(path: Path):
+    import skops.io as sio
+
+    try:
+        untrusted = [t for t in sio.get_untrusted_types(file=path) if t not in TRUSTED_SKOPS_TYPES]
+        if untrusted:
+            raise ModelError(f"{path}: contains types outside the trusted list: {', '.join(untrusted)}")
+        return sio.load(path, trusted=TRUSTED_SKOPS_TYPES)
+    except ModelError:
+        raise
+    except Exception as exc:  # skops raises many kinds on a corrupt file
+        raise ModelError(f"{path}: cannot load scikit-learn parts ({exc})") from None

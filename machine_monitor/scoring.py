@@ -1,0 +1,159 @@
+"""Turn an autoencoder's reconstruction into anomaly scores (higher = more anomalous).
+
+A scorer looks at one clip's :class:`Reconstruction` (standardised windows ``x``,
+their reconstruction ``x_hat`` and latent codes ``z``), gives every window a score,
+and pools window scores into one clip score with a saved ``aggregate`` rule.
+
+Scorers follow the estimator contract: ``fit(recons) -> self``, learned state in
+attributes ending in ``_``, and ``get_state`` / ``from_state`` for the model
+directory (numpy arrays go to safetensors, never pickle).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import numpy as np
+
+from machine_monitor.errors import ConfigError, NotFittedError
+
+
+@dataclasses.dataclass
+class Reconstruction:
+    """What the autoencoder made of one clip's windows."""
+
+    x: np.ndarray  # (n_windows, d) standardised input windows
+    x_hat: np.ndarray  # (n_windows, d) reconstruction
+    z: np.ndarray | None = None  # (n_windows, bottleneck) latent codes
+
+    @property
+    def residual(self) -> np.ndarray:
+        return self.x - self.x_hat
+
+
+_PCT = re.compile(r"^p(\d+(\.\d+)?)$")
+
+
+def check_aggregate(method: str) -> str:
+    """Validate a pooling rule: ``mean``, ``max``, ``median`` or ``pNN`` (a percentile)."""
+    m = _PCT.match(method)
+    if method in ("mean", "max", "median") or (m and 0 < float(m.group(1)) <= 100):
+        return method
+    raise ConfigError(f"aggregate must be mean, max, median or pNN (e.g. p95), not {method!r}")
+
+
+def aggregate(window_scores: np.ndarray, method: str = "mean") -> float:
+    """Pool per-window scores into one clip score.
+
+    Parameters
+    ----------
+    window_scores : np.ndarray [shape=(n_windows,)]
+    method : str
+        ``mean`` (steady faults), ``max`` (one bad moment), ``median``, or ``pNN``
+        (``p95``: the level exceeded by the worst 5 % of windows).
+    """
+    w = np.asarray(window_scores, dtype=np.float64)
+    if w.size == 0:
+        return float("nan")
+    if method == "mean":
+        return float(w.mean())
+    if method == "max":
+        return float(w.max())
+    if method == "median":
+        return float(np.median(w))
+    return float(np.percentile(w, float(check_aggregate(method)[1:])))
+
+
+class Scorer:
+    """Base class: per-window scores pooled per clip."""
+
+    name = "base"
+
+    def __init__(self, *, aggregate: str = "mean"):
+        self.aggregate = aggregate
+
+    def fit(self, recons: list[Reconstruction]) -> Scorer:
+        check_aggregate(self.aggregate)
+        return self
+
+    def window_scores(self, rec: Reconstruction) -> np.ndarray:
+        raise NotImplementedError
+
+    def score(self, recons: list[Reconstruction]) -> np.ndarray:
+        """Clip scores ``(n_clips,)``, higher = more anomalous."""
+        return np.array([aggregate(self.window_scores(r), self.aggregate) for r in recons])
+
+    # -- persistence -------------------------------------------------------
+    def get_params(self) -> dict:
+        return {"aggregate": self.aggregate}
+
+    def get_arrays(self) -> dict[str, np.ndarray]:
+        return {}
+
+    def set_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        pass
+
+
+class MSEScorer(Scorer):
+    """Mean squared reconstruction error of each window (the DCASE baseline score)."""
+
+    name = "mse"
+
+    def window_scores(self, rec: Reconstruction) -> np.ndarray:
+        return np.mean(np.square(rec.residual, dtype=np.float32), axis=1)
+
+
+class MahalanobisScorer(Scorer):
+    """Mahalanobis distance of each window's residual from normal residuals.
+
+    Learns the mean and a Ledoit-Wolf shrunk precision matrix of the residual on
+    normal windows: dimensions the network always gets wrong count less than a
+    rare error in a dimension it normally gets right.
+    """
+
+    name = "mahalanobis"
+
+    def __init__(self, *, aggregate: str = "mean", max_windows: int = 50_000, seed: int = 0):
+        super().__init__(aggregate=aggregate)
+        self.max_windows = max_windows
+        self.seed = seed
+
+    def fit(self, recons: list[Reconstruction]) -> MahalanobisScorer:
+        from sklearn.covariance import LedoitWolf
+
+        super().fit(recons)
+        r = np.concatenate([rec.residual for rec in recons])
+        if len(r) > self.max_windows:
+            r = r[np.random.default_rng(self.seed).choice(len(r), self.max_windows, replace=False)]
+        lw = LedoitWolf().fit(r.astype(np.float64))
+        self.mean_ = lw.location_.astype(np.float32)
+        self.precision_ = lw.precision_.astype(np.float32)
+        return self
+
+    def window_scores(self, rec: Reconstruction) -> np.ndarray:
+        if not hasattr(self, "precision_"):
+            raise NotFittedError("MahalanobisScorer is not fitted")
+        d = rec.residual - self.mean_
+        return np.einsum("ij,ij->i", d @ self.precision_, d)
+
+    def get_params(self) -> dict:
+        return {**super().get_params(), "max_windows": self.max_windows, "seed": self.seed}
+
+    def get_arrays(self) -> dict[str, np.ndarray]:
+        return {"mean": self.mean_, "precision": self.precision_}
+
+    def set_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        self.mean_, self.precision_ = arrays["mean"], arrays["precision"]
+
+
+SCORERS: dict[str, type[Scorer]] = {cls.name: cls for cls in (MSEScorer, MahalanobisScorer)}
+
+
+def make_scorer(name: str, **params) -> Scorer:
+    """A scorer by registry name, with its saved parameters."""
+    try:
+        cls = SCORERS[name]
+    except KeyError:
+        raise ConfigError(f"scorer must be one of {', '.join(sorted(SCORERS))}, not {name!r}") from None
+    return cls(**params)

@@ -1,0 +1,142 @@
+"""Detector: fit on normal clips, score, predict, save and load."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from machine_monitor import AudioReadError, Detector, ModelError, NotFittedError
+from machine_monitor.errors import ConfigError
+from tests.conftest import FAST, clicks, hum
+
+
+def test_fit_learns_state_and_a_threshold_from_held_out_clips(fitted_detector, normal_arrays):
+    det = fitted_detector
+    assert det.threshold_["method"] == "percentile" and det.threshold_["percentile"] == 99.0
+    assert det.threshold_["n_scores"] == len(det.val_clips_) == 2  # 20 % of 10 clips, whole clips
+    assert det.feature_mean_.shape == det.feature_std_.shape == (128,)
+    assert det.feature_mean_.dtype == np.float32
+    assert 1 <= len(det.history_) <= FAST["epochs"]
+
+
+def test_higher_score_means_more_anomalous(fitted_detector):
+    normal = fitted_detector.score([hum(1.0, seed=s) for s in range(20, 25)])
+    faulty = fitted_detector.score([clicks(1.0, seed=s) for s in range(20, 25)])
+    assert faulty.min() > normal.max()
+    assert fitted_detector.predict([clicks(1.0, seed=30)]).tolist() == [1]
+
+
+def test_scores_paths_arrays_and_resampled_tuples_alike(fitted_detector, tmp_path):
+    y = hum(1.0, seed=40)
+    sf.write(tmp_path / "a.wav", y, 16_000, subtype="FLOAT")
+    from_path, from_array = fitted_detector.score([tmp_path / "a.wav", y])
+    assert from_path == pytest.approx(from_array, rel=1e-5)
+    y48 = hum(3.0, seed=40)  # 48,000 samples: one second at 48 kHz
+    assert np.isfinite(fitted_detector.score([(y48, 48_000)])).all()
+
+
+def test_unfitted_detector_says_so():
+    with pytest.raises(NotFittedError, match="not fitted"):
+        Detector().score([hum()])
+
+
+def test_fit_needs_two_clips():
+    with pytest.raises(ConfigError, match="at least 2"):
+        Detector(**FAST).fit([hum()])
+
+
+def test_bad_clip_raises_an_error_naming_it(fitted_detector, tmp_path):
+    with pytest.raises(AudioReadError, match="missing.wav"):
+        fitted_detector.score([hum(), tmp_path / "missing.wav"])
+    with pytest.raises(AudioReadError, match=r"array\[0\]: is digitally silent"):
+        fitted_detector.score([np.zeros(16_000, np.float32)])
+
+
+def test_training_is_deterministic_for_a_seed(normal_arrays):
+    a = Detector(**FAST).fit(normal_arrays[:6])
+    b = Detector(**FAST).fit(normal_arrays[:6])
+    assert np.array_equal(a.score([clicks()]), b.score([clicks()]))
+
+
+def test_save_load_round_trip_gives_identical_scores(fitted_detector, tmp_path):
+    clips = [hum(1.0, seed=50), clicks(1.0, seed=51)]
+    path = fitted_detector.save(tmp_path / "m")
+    assert sorted(p.name for p in path.iterdir()) == ["arrays.safetensors", "model.json", "network.safetensors"]
+    loaded = Detector.load(path)
+    assert np.array_equal(loaded.score(clips), fitted_detector.score(clips))
+    assert loaded.threshold_ == fitted_detector.threshold_
+
+
+def test_model_json_describes_everything_needed(fitted_detector, tmp_path):
+    m = json.loads((fitted_detector.save(tmp_path / "m") / "model.json").read_text())
+    assert m["schema_version"] == 1 and m["sample_rate"] == 16_000
+    assert m["features"] == {"kind": "logmel", "sr": 16_000, "n_fft": 1024, "hop_length": 512, "n_mels": 128,
+                             "context": 5}
+    assert m["network"] == {"input_dim": 640, "hidden": [128, 128, 128, 128], "bottleneck": 8}
+    assert m["threshold"]["method"] == "percentile" and "value" in m["threshold"]
+    assert {"train", "validation"} <= set(m["scores"]) and m["scores"]["validation"]["n"] == 2
+    assert {"numpy", "torch", "scikit-learn"} <= set(m["versions"])
+    assert set(m["files"]) == {"arrays.safetensors", "network.safetensors"}
+
+
+def test_saving_over_an_existing_model_replaces_it_whole(fitted_detector, tmp_path):
+    fitted_detector.save(tmp_path / "m")
+    (tmp_path / "m" / "stale.txt").write_text("from an older model")
+    fitted_detector.save(tmp_path / "m")
+    assert not (tmp_path / "m" / "stale.txt").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no temporary leftovers
+
+
+def test_tampered_weights_are_refused(fitted_detector, tmp_path):
+    path = fitted_detector.save(tmp_path / "m")
+    w = path / "network.safetensors"
+    data = bytearray(w.read_bytes())
+    data[-1] ^= 0xFF
+    w.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="network.safetensors: sha256 does not match"):
+        Detector.load(path)
+
+
+def test_feature_mismatch_is_refused_even_with_fixed_hashes(fitted_detector, tmp_path):
+    path = fitted_detector.save(tmp_path / "m")
+    m = json.loads((path / "model.json").read_text())
+    m["features"]["n_mels"] = 64
+    (path / "model.json").write_text(json.dumps(m))
+    with pytest.raises(ModelError, match="does not match the features"):
+        Detector.load(path)
+
+
+@pytest.mark.parametrize("breakage, match", [
+    (lambda p: (p / "model.json").unlink(), "not a model directory"),
+    (lambda p: (p / "arrays.safetensors").unlink(), "arrays.safetensors: missing"),
+    (lambda p: (p / "model.json").write_text("{"), "not valid JSON"),
+])
+def test_broken_model_directories_give_clear_errors(fitted_detector, tmp_path, breakage, match):
+    path = fitted_detector.save(tmp_path / "m")
+    breakage(path)
+    with pytest.raises(ModelError, match=match):
+        Detector.load(path)
+
+
+def test_missing_model_directory(tmp_path):
+    with pytest.raises(ModelError, match="no such model directory"):
+        Detector.load(tmp_path / "nothing")
+
+
+def test_raw_features_work_end_to_end(normal_arrays):
+    det = Detector(features="raw", **FAST).fit(normal_arrays)
+    assert det.network_config_.input_dim == 1024
+    assert np.isfinite(det.score([hum(1.0, seed=60)])).all()
+
+
+def test_contamination_threshold_from_a_known_mix(fitted_detector):
+    import copy
+
+    det = copy.deepcopy(fitted_detector)
+    mix = [hum(1.0, seed=s) for s in range(70, 79)] + [clicks(1.0, seed=80)]
+    det.set_threshold(mix, contamination=0.1)
+    assert det.threshold_["method"] == "contamination"
+    assert det.predict(mix).sum() == 1

@@ -1,0 +1,75 @@
+"""Feature functions: shapes, the absolute log reference, and frame stacking."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from machine_monitor.errors import ConfigError
+from machine_monitor.features import (
+    FeatureConfig,
+    frames,
+    gather_windows,
+    logmel_frames,
+    raw_frames,
+    stack_frames,
+    window_index,
+)
+from tests.conftest import hum
+
+
+def test_logmel_matches_librosa_uncentred_power_mel():
+    librosa = pytest.importorskip("librosa")
+    y = hum(2.0)
+    ours = logmel_frames(y)
+    ref = librosa.feature.melspectrogram(y=y, sr=16_000, n_fft=1024, hop_length=512, n_mels=128, center=False)
+    assert ours.shape == (1 + (32_000 - 1024) // 512, 128) == ref.T.shape
+    assert np.allclose(ours, 10 * np.log10(ref.T + 1e-10), atol=1e-3)
+
+
+def test_logmel_uses_an_absolute_reference_so_louder_looks_different():
+    y = hum(1.0)
+    quiet, loud = logmel_frames(y), logmel_frames(10 * y)  # +20 dB
+    assert np.allclose(loud - quiet, 20.0, atol=0.05)
+
+
+def test_logmel_of_too_short_signal_has_no_frames():
+    assert logmel_frames(np.zeros(1000, dtype=np.float32)).shape == (0, 128)
+
+
+def test_raw_frames_are_consecutive_blocks():
+    y = np.arange(1000, dtype=np.float32)
+    f = raw_frames(y, hop_length=256)
+    assert f.shape == (3, 256) and f[1, 0] == 256
+
+
+def test_stack_frames_concatenates_consecutive_frames():
+    f = np.arange(12, dtype=np.float32).reshape(6, 2)
+    w = stack_frames(f, context=3)
+    assert w.shape == (4, 6)
+    assert w[1].tolist() == [2, 3, 4, 5, 6, 7]
+    assert stack_frames(f[:2], context=3).shape == (0, 6)
+
+
+def test_gathered_windows_never_cross_clip_boundaries():
+    a, b = np.zeros((4, 2), np.float32), np.ones((3, 2), np.float32)
+    starts = window_index(np.array([4, 3]), context=3)
+    assert starts.tolist() == [0, 1, 4]
+    w = gather_windows(np.concatenate([a, b]), starts, context=3)
+    assert np.array_equal(w, np.concatenate([stack_frames(a, context=3), stack_frames(b, context=3)]))
+
+
+def test_default_configs_match_the_dcase_front_end_and_the_raw_frames():
+    logmel, raw = FeatureConfig.for_kind("logmel"), FeatureConfig.for_kind("raw")
+    dcase = (logmel.n_fft, logmel.hop_length, logmel.n_mels, logmel.context, logmel.window_dims)
+    assert dcase == (1024, 512, 128, 5, 640)
+    assert logmel.min_samples == 1024 + 4 * 512
+    assert raw.window_dims == 1024 and raw.min_samples == 1024
+    y = hum(1.0)
+    assert frames(y, raw).shape == (16_000 // 256, 256)
+    assert frames(y, logmel).shape[1] == 128
+
+
+def test_bad_feature_kind_is_a_config_error():
+    with pytest.raises(ConfigError, match="'mfcc'"):
+        FeatureConfig(kind="mfcc")
