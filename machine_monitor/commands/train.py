@@ -48,6 +48,9 @@ def run(args) -> int:
 
     if (args.contamination is None) != (args.threshold_data is None):
         raise ConfigError("--contamination and --threshold-data go together")
+    for item in args.inputs:
+        if not Path(item).exists():
+            raise ConfigError(f"{item}: no such file or folder")
     clips = find_audio_files(args.inputs, recursive=args.recursive)
     if not clips:
         raise ConfigError(f"no audio files in {', '.join(args.inputs)}")
