@@ -76,7 +76,7 @@ def test_scan_flags_the_anomalous_demo_clips_and_exits_1(demo_model, recordings,
     code = main(["scan", "--model", str(demo_model), str(recordings / "test")])
     out = capsys.readouterr().out.splitlines()
     assert code == 1
-    assert out[0].split() == ["path", "score", "threshold", "verdict"]
+    assert out[0].split() == ["path", "score", "threshold", "windows", "worst_at", "verdict"]
     rows = {Path(line.split()[0]).name: line.split()[-1] for line in out[1:]}
     assert len(rows) == 12
     assert all(v == "ANOMALY" for n, v in rows.items() if n.startswith("anomaly")), rows

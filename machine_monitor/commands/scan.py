@@ -1,47 +1,151 @@
-"""``machine-monitor scan``: score every audio file and print one row per file."""
+"""``machine-monitor scan``: score every audio file and write one row per file.
+
+A thin layer over :mod:`machine_monitor.scan` (scoring, workers, output formats)
+and :mod:`machine_monitor.report` (the HTML report).
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
+from pathlib import Path
 
-from machine_monitor.commands.common import add_model_arg, resolve_model
+from machine_monitor.commands.common import add_channel_arg, add_model_arg, positive_float, resolve_model
 
 HELP = "score audio files or folders with a trained detector"
+EPILOG = ("exit codes: 0 all files normal; 1 anomalies found; 2 at least one file could not be scored "
+          "(its row says why; the other rows are still written) or the model/arguments are unusable; "
+          "130 interrupted (rows finished so far are kept)")
+
+
+def default_workers() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
 
 
 def register(sub) -> None:
-    p = sub.add_parser("scan", help=HELP, description=HELP + ". Exit 0: all normal; 1: anomalies found; "
-                       "2: a file or the model could not be used.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = sub.add_parser("scan", help=HELP, description=HELP + ": one row per file, worst first. Files longer "
+                       "than the model's clip length are scored in clip-long windows; the file score is the "
+                       "worst window's.", epilog=EPILOG, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_model_arg(p)
-    p.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR")
+    p.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR",
+                   help="audio files, or folders scanned for .wav .flac .ogg .oga .opus .mp3 .aiff .aif .au")
     p.add_argument("-r", "--recursive", action="store_true", help="also look in subfolders")
+    o = p.add_argument_group("output")
+    o.add_argument("-o", "--output", metavar="FILE",
+                   help="write rows to FILE (streamed as files complete, then sorted) instead of stdout")
+    o.add_argument("-f", "--format", choices=("table", "csv", "jsonl"), default=None,
+                   help="row format (default: from the --output suffix .csv/.jsonl, else table)")
+    o.add_argument("--order", choices=("score", "input", "completion"), default="score",
+                   help="row order: worst score first (errors last), input order, or as files complete "
+                   "(streams to stdout)")
+    o.add_argument("--resume", action="store_true",
+                   help="skip files already scored in --output (csv/jsonl) and add the rest; error rows are retried")
+    o.add_argument("--report", metavar="HTML", help="also write a self-contained HTML report")
+    o.add_argument("--report-top", type=int, default=10, metavar="N",
+                   help="spectrograms for the N worst anomalies in the report")
+    w = p.add_argument_group("work")
+    w.add_argument("-j", "--workers", type=int, default=default_workers(), metavar="N",
+                   help="worker processes (each loads the model once, one BLAS/torch thread each); 1 = in this "
+                   "process")
+    w.add_argument("--dask", metavar="ADDRESS",
+                   help="run on an existing dask.distributed cluster (scheduler address, e.g. tcp://host:8786); "
+                   "its workers must see the model and files under the same paths")
+    w.add_argument("--window-seconds", type=positive_float, default=None, metavar="S",
+                   help="window length for long files (default: the model's clip length)")
+    w.add_argument("--hop-seconds", type=positive_float, default=None, metavar="S",
+                   help="distance between window starts (default: the window length, no overlap)")
+    add_channel_arg(w)
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
+    from tqdm.auto import tqdm
+
     from machine_monitor.audio.io import find_audio_files
     from machine_monitor.detector import Detector
-    from machine_monitor.errors import AudioReadError, ConfigError
+    from machine_monitor.errors import ConfigError
+    from machine_monitor.scan import RowWriter, format_for, read_rows, scan_files, sort_rows, write_rows_atomic
 
-    det = Detector.load(resolve_model(args.model))
-    files = find_audio_files(args.inputs, recursive=args.recursive)
+    if args.resume and not args.output:
+        raise ConfigError("--resume needs --output FILE (the scan to resume)")
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be >= 1, not {args.workers}")
+    model = resolve_model(args.model)
+    det = Detector.load(model, device="cpu")
+    if args.channel is not None:
+        det.channel = args.channel
+    files = [str(f) for f in find_audio_files(args.inputs, recursive=args.recursive)]
     if not files:
         raise ConfigError(f"no audio files in {', '.join(args.inputs)}")
-    thr = det.threshold_value_
-    n_anom = n_err = 0
-    width = max(len(str(f)) for f in files)
-    print(f"{'path':<{width}}  {'score':>10}  {'threshold':>10}  verdict")
-    for f in files:
-        try:
-            s = det.score_signal(det.load_signal(f))
-        except AudioReadError as exc:
-            n_err += 1
-            print(f"{str(f):<{width}}  {'-':>10}  {thr:>10.4g}  error: {str(exc).removeprefix(str(f) + ': ')}")
-            continue
-        verdict = "ANOMALY" if s > thr else "normal"
-        n_anom += s > thr
-        print(f"{str(f):<{width}}  {s:>10.4g}  {thr:>10.4g}  {verdict}", flush=True)
-    print(f"{len(files)} files: {n_anom} anomalous, {n_err} errors", file=sys.stderr)
+    fmt = format_for(args.output, args.format)
+    position = {f: i for i, f in enumerate(files)}
+
+    # --resume: keep the scored rows, retry the error rows.
+    kept = [r for r in (read_rows(args.output, fmt) if args.resume else []) if r.error is None]
+    for r in kept:
+        r.index = position.get(r.path, len(files))
+    done = {r.path for r in kept}
+    todo = [f for f in files if f not in done]
+    width = max(4, *(len(f) for f in files), *(len(r.path) for r in kept))
+
+    rows = list(kept)
+    out = None
+    if args.output:
+        write_rows_atomic(args.output, kept, fmt, path_width=width)  # drops retried rows and a torn line
+        out = open(args.output, "a", encoding="utf-8", newline="")  # noqa: SIM115 - closed in finally
+        writer = RowWriter(out, fmt, path_width=width, header=False)
+    elif args.order == "completion":
+        writer = RowWriter(sys.stdout, fmt, path_width=width)
+    else:
+        writer = None  # sorted rows are printed at the end (or on Ctrl-C)
+
+    t0 = time.perf_counter()
+    audio_s = 0.0
+    bar = tqdm(total=len(todo), unit="file", disable=not args.progress, file=sys.stderr, dynamic_ncols=True)
+    interrupted = False
+    try:
+        for row in scan_files(det, todo, model=model, workers=args.workers, dask_address=args.dask,
+                              segment_seconds=args.window_seconds, hop_seconds=args.hop_seconds):
+            row.index = position[row.path]
+            rows.append(row)
+            if writer is not None:
+                writer.write(row)
+            audio_s += row.duration or 0.0
+            bar.update()
+            bar.set_postfix_str(f"{audio_s / 3600 / max(time.perf_counter() - t0, 1e-9):.2f} audio-h/s", refresh=False)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        bar.close()
+        if out is not None:
+            out.close()
+    elapsed = time.perf_counter() - t0
+
+    ordered = sort_rows(rows, args.order)
+    if args.output:
+        if args.order != "completion":
+            write_rows_atomic(args.output, ordered, fmt, path_width=width)
+    elif args.order != "completion":
+        w = RowWriter(sys.stdout, fmt, path_width=width, flush=False)
+        for r in ordered:
+            w.write(r)
+        sys.stdout.flush()
+
+    n_anom = sum(r.anomalous for r in rows)
+    n_err = sum(r.error is not None for r in rows)
+    speed = f", {audio_s / elapsed:,.0f}x real time" if elapsed > 0 and audio_s else ""
+    print(f"{len(rows)} files ({audio_s / 3600:.2f} h of audio) in {elapsed:.1f} s{speed}: "
+          f"{n_anom} anomalous, {n_err} errors", file=sys.stderr)
+    if args.report and not interrupted:
+        from machine_monitor.report import write_report
+
+        write_report(args.report, ordered, det, model=str(model), elapsed=elapsed, top=args.report_top)
+        print(f"report: {Path(args.report)}", file=sys.stderr)
+    if interrupted:
+        raise KeyboardInterrupt
     return 2 if n_err else (1 if n_anom else 0)

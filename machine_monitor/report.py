@@ -1,0 +1,183 @@
+"""A scan as one self-contained HTML page (images embedded, no network access needed).
+
+The page holds: a summary, the score distribution with the threshold, a log-mel
+spectrogram of the worst window of each top anomaly (the worst feature window
+marked), and a table of every file that sorts when a column header is clicked.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from machine_monitor.scan import ScanRow
+
+log = logging.getLogger(__name__)
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1200px}
+h1{font-size:1.5em}h2{font-size:1.2em;margin-top:2em}
+table{border-collapse:collapse;font-size:.9em}th,td{padding:.25em .6em;border-bottom:1px solid #ddd;text-align:left}
+th{cursor:pointer;background:#f3f3f3;position:sticky;top:0}th:hover{background:#e3e3e3}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
+tr.ANOMALY td{background:#fde8e8}tr.error td{color:#a05a00}
+.summary td{border:none;padding:.1em 1em .1em 0}figure{margin:1em 0}figcaption{font-size:.9em;color:#555}
+"""
+
+# Click a header to sort by it; numbers sort numerically (from data-v), a second click reverses.
+_JS = """
+document.querySelectorAll('table.sortable th').forEach(function(th, col){
+  th.addEventListener('click', function(){
+    var tb = th.closest('table').tBodies[0], rows = Array.from(tb.rows);
+    var dir = th.dataset.dir === 'asc' ? -1 : 1; th.dataset.dir = dir === 1 ? 'asc' : 'desc';
+    rows.sort(function(a, b){
+      var x = a.cells[col].dataset.v ?? a.cells[col].textContent;
+      var y = b.cells[col].dataset.v ?? b.cells[col].textContent;
+      var nx = parseFloat(x), ny = parseFloat(y);
+      if (!isNaN(nx) && !isNaN(ny)) return dir * (nx - ny);
+      if (!isNaN(nx)) return -1; if (!isNaN(ny)) return 1;
+      return dir * x.localeCompare(y);
+    });
+    rows.forEach(function(r){ tb.appendChild(r); });
+  });
+});
+"""
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def score_histogram(scores: np.ndarray, threshold: float) -> str:
+    """PNG data URI: histogram of file scores with the threshold as a vertical line."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 3))
+    ax = fig.add_subplot()
+    s = np.asarray(scores, dtype=np.float64)
+    if s.size:
+        lo, hi = min(s.min(), threshold), max(s.max(), threshold)
+        ax.hist(s, bins=np.linspace(lo, hi, 50) if hi > lo else 10, color="#4a7ab5")
+    ax.axvline(threshold, color="#c0392b", linestyle="--", label=f"threshold {threshold:.4g}")
+    ax.set_xlabel("file score (higher = more anomalous)")
+    ax.set_ylabel("files")
+    ax.legend()
+    return _png(fig)
+
+
+def read_excerpt(path: str | os.PathLike, *, offset: float, seconds: float, sr: int,
+                 channel: int | None = None) -> np.ndarray:
+    """``seconds`` of audio from ``offset`` (seconds) as mono float32 at ``sr``, reading only that part."""
+    import soundfile as sf
+    import soxr
+
+    from machine_monitor.audio.io import to_mono
+
+    with sf.SoundFile(str(path)) as f:
+        f.seek(min(int(offset * f.samplerate), max(f.frames - 1, 0)))
+        data = f.read(int(seconds * f.samplerate) + 1, dtype="float32", always_2d=True)
+        sr_in = f.samplerate
+    y = to_mono(data, channel=channel, source=str(path))
+    return y if sr_in == sr else soxr.resample(y, sr_in, sr, quality="HQ").astype(np.float32)
+
+
+def worst_window_figure(row: ScanRow, det, *, seconds: float | None = None) -> str:
+    """PNG data URI: log-mel spectrogram of the row's worst window with its worst feature window marked."""
+    from matplotlib.figure import Figure
+
+    from machine_monitor.features import FeatureConfig, logmel_frames
+
+    cfg = det.feature_config
+    seconds = seconds or max(getattr(det, "clip_seconds_", None) or 10.0, cfg.min_samples / cfg.sr)
+    offset = row.worst_offset or 0.0
+    y = read_excerpt(row.path, offset=offset, seconds=seconds, sr=cfg.sr, channel=det.channel)
+    mel_cfg = cfg if cfg.kind == "logmel" else FeatureConfig.for_kind("logmel", sr=cfg.sr)
+    spec = logmel_frames(y, sr=mel_cfg.sr, n_fft=mel_cfg.n_fft, hop_length=mel_cfg.hop_length, n_mels=mel_cfg.n_mels)
+    ws = det.window_scores(y)  # the network's view of each feature window in this excerpt
+    hop_s = cfg.hop_length / cfg.sr
+    t = offset + np.arange(ws.size) * hop_s
+
+    fig = Figure(figsize=(9, 4))
+    ax, ax2 = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    extent = (offset, offset + spec.shape[0] * mel_cfg.hop_length / mel_cfg.sr, 0, spec.shape[1])
+    ax.imshow(spec.T, origin="lower", aspect="auto", extent=extent, cmap="magma")
+    ax.set_ylabel("mel band")
+    k = int(np.argmax(ws))
+    for a in (ax, ax2):
+        a.axvspan(t[k], t[k] + det.window_seconds(), color="#2ecc71", alpha=0.35, lw=0)
+    ax.set_title(f"{Path(row.path).name}: worst window at {t[k]:.2f} s", fontsize=10)
+    ax2.plot(t + det.window_seconds() / 2, ws, color="#333", lw=0.8)
+    ax2.set_ylabel("window score")
+    ax2.set_xlabel("time in file (s)")
+    return _png(fig)
+
+
+def _td(value, fmt: str = ".4g") -> str:
+    if value is None:
+        return '<td class="num" data-v="">-</td>'
+    return f'<td class="num" data-v="{value!r}">{format(value, fmt)}</td>'
+
+
+def render_report(rows: Sequence[ScanRow], det, *, model: str = "", elapsed: float | None = None,
+                  top: int = 10) -> str:
+    """The whole report as one HTML string (rows in the order given)."""
+    thr = det.threshold_value_
+    scored = [r for r in rows if r.error is None]
+    anomalies = sorted((r for r in scored if r.anomalous), key=lambda r: -r.score)
+    errors = [r for r in rows if r.error is not None]
+    audio_h = sum(r.duration or 0.0 for r in scored) / 3600
+    esc = html.escape
+
+    summary = [("model", esc(model)), ("threshold", f"{thr:.4g} ({esc(str(det.threshold_.get('method', '')))})"),
+               ("files", f"{len(rows)}"), ("audio", f"{audio_h:.2f} h"),
+               ("anomalous files", f"<b>{len(anomalies)}</b>"), ("errors", f"{len(errors)}")]
+    if elapsed:
+        summary.append(("scan time", f"{elapsed:.1f} s ({audio_h * 3600 / elapsed:,.0f}x real time)"))
+    hist = score_histogram([r.score for r in scored], thr)
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>machine-monitor scan: {esc(model)}</title>",
+             f"<style>{_CSS}</style></head><body><h1>machine-monitor scan</h1>",
+             f"<p>{time.strftime('%Y-%m-%d %H:%M')}</p><table class='summary'>",
+             *(f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in summary), "</table>",
+             "<h2>Score distribution</h2>",
+             f"<img alt='histogram of file scores with the threshold' src='{hist}'>"]
+
+    if anomalies and top > 0:
+        parts.append(f"<h2>Top {min(top, len(anomalies))} anomalies</h2>")
+        for r in anomalies[:top]:
+            try:
+                img = worst_window_figure(r, det)
+            except Exception as exc:  # noqa: BLE001 - a figure that fails must not lose the report
+                log.warning("no spectrogram for %s: %s", r.path, exc)
+                parts.append(f"<p>{esc(r.path)}: no spectrogram ({esc(str(exc))})</p>")
+                continue
+            parts.append(f"<figure><img alt='log-mel spectrogram of {esc(r.path)}' src='{img}'><figcaption>"
+                         f"{esc(r.path)}: score {r.score:.4g}, {r.n_anomalous}/{r.n_segments} windows anomalous, "
+                         f"worst window from {r.worst_offset or 0:.1f} s (shaded: its worst feature window)"
+                         "</figcaption></figure>")
+
+    parts.append("<h2>All files</h2><p>Click a column header to sort.</p><table class='sortable'><thead><tr>"
+                 "<th>path</th><th>score</th><th>verdict</th><th>anomalous windows</th><th>windows</th>"
+                 "<th>worst at (s)</th><th>duration (s)</th><th>error</th></tr></thead><tbody>")
+    for r in rows:
+        parts.append(f"<tr class='{r.verdict}'><td>{esc(r.path)}</td>{_td(r.score)}<td>{r.verdict}</td>"
+                     f"{_td(r.n_anomalous, 'd')}{_td(r.n_segments, 'd')}{_td(r.worst_offset, '.1f')}"
+                     f"{_td(r.duration, '.1f')}<td>{esc(r.error or '')}</td></tr>")
+    parts.append(f"</tbody></table><script>{_JS}</script></body></html>")
+    return "\n".join(parts)
+
+
+def write_report(path: str | os.PathLike, rows: Sequence[ScanRow], det, **kwargs) -> Path:
+    """Write :func:`render_report` to ``path`` (UTF-8); returns the path."""
+    path = Path(path)
+    path.write_text(render_report(rows, det, **kwargs), encoding="utf-8")
+    return path

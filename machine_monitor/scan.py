@@ -1,0 +1,442 @@
+"""Scan archives of recordings: one result row per file, long files scored in segments.
+
+A file no longer than ``WHOLE_FILE_TOLERANCE`` model clips is scored whole, exactly
+like ``det.score_signal(det.load_signal(path))``. A longer file is streamed
+(bounded memory, continuous resampling) and cut into *segments* of the model's clip
+length (``det.clip_seconds_``), each scored like a clip. Segments start every
+``hop_seconds`` (default: one segment, so they do not overlap) and the last one is
+aligned to the end of the file so that no audio is left out. The file score is the
+**worst segment's** score: an hour of normal sound with one bad minute is flagged.
+
+A file that cannot be used (missing, not audio, empty, too short, NaN, silent) is a
+row with its one-line error; the scan goes on. Digitally silent segments inside a
+long file (the machine was off) are skipped; a file with no sound at all is an error.
+
+Work runs in this process, in a pool of worker *processes* (feature work is CPU
+bound; each worker loads the model once and pins BLAS/torch to one thread), or on
+a dask.distributed cluster. :func:`scan_files` yields rows as they complete.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from machine_monitor.errors import AudioReadError, ConfigError, SilentAudioError
+
+log = logging.getLogger(__name__)
+
+# A file up to this many clip lengths is scored whole, as one clip.
+WHOLE_FILE_TOLERANCE = 1.25
+# Fewer files than this per worker: a process pool would cost more than it saves.
+MIN_FILES_PER_WORKER = 8
+FORMATS = ("table", "csv", "jsonl")
+ORDERS = ("score", "input", "completion")
+
+
+@dataclasses.dataclass
+class ScanRow:
+    """The result of scanning one file.
+
+    ``score`` is the file score (worst segment), ``worst_offset`` the start in
+    seconds of the worst segment, ``n_segments``/``n_anomalous`` how many segments
+    were scored and how many of them exceed the threshold. ``error`` is set (and
+    the score is ``None``) when the file could not be used.
+    """
+
+    path: str
+    threshold: float
+    score: float | None = None
+    duration: float | None = None
+    worst_offset: float | None = None
+    n_segments: int = 0
+    n_anomalous: int = 0
+    error: str | None = None
+    index: int = -1  # position in the input list (not written out)
+
+    @property
+    def anomalous(self) -> bool:
+        return self.score is not None and self.score > self.threshold
+
+    @property
+    def verdict(self) -> str:
+        if self.error is not None:
+            return "error"
+        return "ANOMALY" if self.anomalous else "normal"
+
+    def to_record(self) -> dict:
+        """A flat dict for CSV/JSONL (``RECORD_FIELDS`` order)."""
+        return {"path": self.path, "score": self.score, "threshold": self.threshold, "verdict": self.verdict,
+                "anomalous_windows": self.n_anomalous, "windows": self.n_segments,
+                "worst_offset_s": self.worst_offset, "duration_s": self.duration, "error": self.error}
+
+    @classmethod
+    def from_record(cls, rec: dict) -> ScanRow:
+        """Inverse of :meth:`to_record` (values may be strings, as read from CSV)."""
+        def num(v, kind=float):
+            return None if v in (None, "") else kind(float(v))
+
+        return cls(path=str(rec["path"]), threshold=float(rec["threshold"]), score=num(rec.get("score")),
+                   duration=num(rec.get("duration_s")), worst_offset=num(rec.get("worst_offset_s")),
+                   n_segments=num(rec.get("windows"), int) or 0,
+                   n_anomalous=num(rec.get("anomalous_windows"), int) or 0,
+                   error=rec.get("error") or None)
+
+
+RECORD_FIELDS = tuple(ScanRow("", 0.0).to_record())
+
+
+# -- one file ----------------------------------------------------------------------
+def segment_starts(n_samples: int, segment: int, hop: int) -> np.ndarray:
+    """Start samples of the segments covering ``n_samples`` samples.
+
+    Segments of ``segment`` samples every ``hop`` samples; the last one is aligned
+    to the end so the tail is covered. A signal no longer than one segment is one
+    segment starting at 0.
+    """
+    if n_samples <= segment:
+        return np.zeros(1, dtype=np.int64)
+    starts = np.arange(0, n_samples - segment + 1, hop, dtype=np.int64)
+    if starts[-1] + segment < n_samples:
+        starts = np.append(starts, n_samples - segment)
+    return starts
+
+
+def iter_segments(blocks: Iterable[np.ndarray], *, segment: int, hop: int) -> Iterator[tuple[int, np.ndarray]]:
+    """Cut a stream of blocks into ``(start_sample, segment)`` pairs.
+
+    Same segments as :func:`segment_starts` without knowing the length in advance;
+    memory is bounded by one segment plus one block.
+    """
+    buf = np.zeros(0, dtype=np.float32)
+    recent = buf  # the last `segment` samples of the stream, for the end-aligned tail
+    pos = total = covered = 0
+    for block in blocks:
+        buf = np.concatenate([buf, block])
+        recent = np.concatenate([recent, block])[-segment:]
+        total += block.size
+        while buf.size >= segment:
+            yield pos, buf[:segment]
+            covered = pos + segment
+            buf, pos = buf[hop:], pos + hop
+    if total > covered:
+        yield (0, buf) if covered == 0 else (total - segment, recent)
+
+
+def _strip(msg: str, path) -> str:
+    return str(msg).removeprefix(f"{path}: ")
+
+
+def _segment_samples(det, segment_seconds: float | None) -> int:
+    sr = det.feature_config.sr
+    seconds = segment_seconds or getattr(det, "clip_seconds_", None) or 10.0
+    return max(det.feature_config.min_samples, int(round(seconds * sr)))
+
+
+def score_file(det, path: str | os.PathLike, *, segment_seconds: float | None = None,
+               hop_seconds: float | None = None) -> ScanRow:
+    """Score one file (see the module docstring); never raises for a bad file.
+
+    Parameters
+    ----------
+    det : Detector
+        A fitted detector.
+    segment_seconds : float, optional
+        Segment length; default the model's clip length ``det.clip_seconds_``.
+    hop_seconds : float, optional
+        Distance between segment starts; default ``segment_seconds``.
+
+    Returns
+    -------
+    ScanRow
+        With ``error`` set (a one-line reason) when the file cannot be used.
+    """
+    import soundfile as sf
+
+    row = ScanRow(path=str(path), threshold=det.threshold_value_)
+    sr = det.feature_config.sr
+    segment = _segment_samples(det, segment_seconds)
+    hop = max(1, int(round(hop_seconds * sr))) if hop_seconds else segment
+    try:
+        try:
+            info = sf.info(str(path))
+            seconds_in = info.frames / info.samplerate
+        except Exception:  # noqa: BLE001 - load_signal below gives the precise, user-facing reason
+            seconds_in = 0.0
+        if seconds_in * sr <= WHOLE_FILE_TOLERANCE * segment:
+            y = det.load_signal(path)
+            row.score, row.duration = det.score_signal(y), y.size / sr
+            row.worst_offset, row.n_segments, row.n_anomalous = 0.0, 1, int(row.score > row.threshold)
+        else:
+            _score_segments(det, path, row, segment=segment, hop=hop)
+    except AudioReadError as exc:
+        row.error = _strip(exc, path)
+    except Exception as exc:  # noqa: BLE001 - one odd file must not stop a scan of thousands
+        log.debug("unexpected error scanning %s", path, exc_info=True)
+        row.error = f"unexpected {type(exc).__name__}: {_strip(exc, path)}"
+    if row.error is not None:
+        row.score = row.worst_offset = None
+        row.n_segments = row.n_anomalous = 0
+    return row
+
+
+def _score_segments(det, path, row: ScanRow, *, segment: int, hop: int) -> None:
+    """Stream a long file and fill ``row`` with its worst segment."""
+    from machine_monitor.audio.io import check_signal, read_blocks
+
+    cfg = det.feature_config
+    thr = row.threshold
+    best, best_at, n, n_bad, total, silent = -math.inf, 0, 0, 0, 0, None
+    blocks = read_blocks(path, block_seconds=segment / cfg.sr, sr=cfg.sr, channel=det.channel)
+    for start, y in iter_segments(blocks, segment=segment, hop=hop):
+        total = max(total, start + y.size)
+        try:
+            check_signal(y, sr=cfg.sr, min_samples=cfg.min_samples, source=f"{path}: at {start / cfg.sr:.1f} s")
+        except SilentAudioError as exc:
+            silent = exc  # the machine was off for a while: nothing to judge there
+            continue
+        s = det.score_signal(y)
+        n += 1
+        n_bad += s > thr
+        if s > best:
+            best, best_at = s, start
+    if n == 0:
+        if silent is not None:
+            raise SilentAudioError(f"{path}: is digitally silent (no sample above -96 dBFS)")
+        raise AudioReadError(f"{path}: contains no audio samples")
+    row.score, row.worst_offset = float(best), best_at / cfg.sr
+    row.n_segments, row.n_anomalous, row.duration = n, int(n_bad), total / cfg.sr
+
+
+# -- workers -----------------------------------------------------------------------
+_DETECTORS: dict = {}
+LOAD_COUNT = {"n": 0}  # how often this process loaded a model (tests check "once per worker")
+
+
+def pin_threads(n: int = 1) -> None:
+    """Limit BLAS/OpenMP and torch to ``n`` threads in this process (one per worker process)."""
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(n)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(n)
+    import torch
+
+    torch.set_num_threads(n)
+
+
+def _detector(model: str, channel: int | None):
+    """This process's detector for ``model``, loaded on first use."""
+    key = (model, channel)
+    det = _DETECTORS.get(key)
+    if det is None:
+        from machine_monitor.detector import Detector
+
+        pin_threads(1)
+        det = Detector.load(model, device="cpu")
+        det.channel = channel
+        _DETECTORS[key] = det
+        LOAD_COUNT["n"] += 1
+    return det
+
+
+def _scan_chunk(model: str, chunk: Sequence[tuple[int, str]], options: dict) -> list[ScanRow]:
+    """Worker task: score ``(index, path)`` pairs with this process's detector."""
+    det = _detector(model, options.get("channel"))
+    out = []
+    for i, path in chunk:
+        row = score_file(det, path, segment_seconds=options.get("segment_seconds"),
+                         hop_seconds=options.get("hop_seconds"))
+        row.index = i
+        out.append(row)
+    return out
+
+
+def _chunks(items: list, size: int) -> list[list]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def scan_files(det, files: Sequence[str | os.PathLike], *, model: str | os.PathLike | None = None,
+               workers: int = 1, dask_address: str | None = None, segment_seconds: float | None = None,
+               hop_seconds: float | None = None, chunk_size: int | None = None) -> Iterator[ScanRow]:
+    """Score files, yielding one :class:`ScanRow` per file as each completes.
+
+    Parameters
+    ----------
+    det : Detector
+        The fitted detector (used directly when scanning in this process).
+    files : sequence of path-like
+        ``row.index`` is the position in this list and ``row.path`` is ``str(files[i])``.
+    model : path-like, optional
+        The model directory ``det`` came from; required for ``workers > 1`` and dask,
+        whose workers load it themselves (once each).
+    workers : int
+        Local worker processes; 1 scans in this process. Small scans (fewer than
+        ``MIN_FILES_PER_WORKER`` files per worker) use fewer workers.
+    dask_address : str, optional
+        Scheduler address of an existing dask.distributed cluster (``tcp://host:8786``);
+        its workers must see the model and the files under the same paths.
+    """
+    files = [str(f) for f in files]
+    options = {"segment_seconds": segment_seconds, "hop_seconds": hop_seconds, "channel": det.channel}
+    workers = max(1, min(int(workers), len(files) // MIN_FILES_PER_WORKER))
+    if (workers > 1 or dask_address) and model is None:
+        raise ConfigError("scanning with workers or dask needs the model directory (model=...)")
+    if dask_address:
+        yield from _scan_dask(str(Path(model).resolve()), files, options, dask_address, chunk_size)
+    elif workers > 1:
+        yield from _scan_pool(str(model), files, options, workers, chunk_size)
+    else:
+        for i, f in enumerate(files):
+            row = score_file(det, f, segment_seconds=segment_seconds, hop_seconds=hop_seconds)
+            row.index = i
+            yield row
+
+
+def _scan_pool(model: str, files: list[str], options: dict, workers: int, chunk_size: int | None):
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    # Small chunks keep results streaming and the load balanced; a few files each
+    # amortise the inter-process round trip.
+    size = chunk_size or max(1, min(16, len(files) // (workers * 8)))
+    pending_chunks = iter(_chunks(list(enumerate(files)), size))
+    # spawn, not fork: forking a process that already runs torch/OpenMP threads can deadlock.
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        running = set()
+        try:
+            while True:
+                while len(running) < 4 * workers:  # bounded: memory stays flat in the number of files
+                    chunk = next(pending_chunks, None)
+                    if chunk is None:
+                        break
+                    running.add(pool.submit(_scan_chunk, model, chunk, options))
+                if not running:
+                    return
+                done, running = wait(running, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    yield from fut.result()
+        finally:
+            for fut in running:
+                fut.cancel()
+
+
+def _scan_dask(model: str, files: list[str], options: dict, address: str, chunk_size: int | None):
+    try:
+        from distributed import Client, as_completed
+    except ImportError:
+        raise ConfigError("--dask needs dask.distributed: pip install 'machine-monitor[dask]'") from None
+    absolute = [str(Path(f).absolute()) for f in files]  # workers may run in another directory
+    try:
+        client = Client(address, timeout="10s")
+    except OSError as exc:
+        raise ConfigError(f"cannot reach the dask scheduler at {address} ({exc})") from None
+    with client:
+        n_workers = max(1, len(client.scheduler_info().get("workers", {})))
+        size = chunk_size or max(1, min(16, len(files) // (n_workers * 8)))
+        chunks = _chunks(list(enumerate(absolute)), size)
+        futures = client.map(_scan_chunk, [model] * len(chunks), chunks, [options] * len(chunks), pure=False)
+        for fut in as_completed(futures):
+            for row in fut.result():
+                row.path = files[row.index]
+                yield row
+            fut.release()
+
+
+# -- output ------------------------------------------------------------------------
+def sort_rows(rows: Iterable[ScanRow], order: str = "score") -> list[ScanRow]:
+    """Rows by descending score (errors last) or by input position; ``completion`` keeps order."""
+    rows = list(rows)
+    if order == "score":
+        return sorted(rows, key=lambda r: (r.error is not None, -(r.score if r.score is not None else 0.0), r.index))
+    if order == "input":
+        return sorted(rows, key=lambda r: r.index)
+    return rows
+
+
+def _fmt(v, spec: str = ".4g") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+class RowWriter:
+    """Writes rows as ``table``, ``csv`` or ``jsonl`` to a text stream, one flush per row."""
+
+    def __init__(self, stream, fmt: str = "table", *, path_width: int = 40, header: bool = True,
+                 flush: bool = True):
+        if fmt not in FORMATS:
+            raise ConfigError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+        self.stream, self.fmt, self.width, self.flush = stream, fmt, path_width, flush
+        self._csv = csv.DictWriter(stream, RECORD_FIELDS, lineterminator="\n") if fmt == "csv" else None
+        if header:
+            self.header()
+
+    def header(self) -> None:
+        if self.fmt == "table":
+            self.stream.write(f"{'path':<{self.width}}  {'score':>10}  {'threshold':>10}  {'windows':>9}  "
+                              f"{'worst_at':>9}  verdict\n")
+        elif self.fmt == "csv":
+            self._csv.writeheader()
+
+    def write(self, row: ScanRow) -> None:
+        if self.fmt == "table":
+            windows = "-" if row.error else f"{row.n_anomalous}/{row.n_segments}"
+            worst = _fmt(row.worst_offset, ".1f") + ("" if row.worst_offset is None else "s")
+            verdict = f"error: {row.error}" if row.error else row.verdict
+            self.stream.write(f"{row.path:<{self.width}}  {_fmt(row.score):>10}  {_fmt(row.threshold):>10}  "
+                              f"{windows:>9}  {worst:>9}  {verdict}\n")
+        elif self.fmt == "csv":
+            self._csv.writerow(row.to_record())
+        else:
+            self.stream.write(json.dumps(row.to_record()) + "\n")
+        if self.flush:  # an interrupted scan keeps every row it finished
+            self.stream.flush()
+
+
+def format_for(path: str | os.PathLike | None, fmt: str | None) -> str:
+    """``fmt`` if given, else from the output file's suffix (.csv, .jsonl/.json), else ``table``."""
+    if fmt:
+        return fmt
+    suffix = Path(path).suffix.lower() if path else ""
+    return {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl"}.get(suffix, "table")
+
+
+def read_rows(path: str | os.PathLike, fmt: str) -> list[ScanRow]:
+    """Rows already in an output file (for ``--resume``); a torn last line is ignored."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    if fmt not in ("csv", "jsonl"):
+        raise ConfigError(f"--resume needs a csv or jsonl output, not {fmt}: use --format csv or jsonl")
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    if text and not text.endswith("\n"):
+        lines = lines[:-1]  # a scan killed mid-write: that file is simply scanned again
+    try:
+        records = csv.DictReader(lines) if fmt == "csv" else (json.loads(x) for x in lines if x.strip())
+        return [ScanRow.from_record(rec) for rec in records]
+    except (KeyError, TypeError, ValueError, AttributeError, csv.Error) as exc:
+        raise ConfigError(f"{path}: cannot resume from it, it is not a {fmt} scan output ({exc})") from None
+
+
+def write_rows_atomic(path: str | os.PathLike, rows: Sequence[ScanRow], fmt: str, *, path_width: int = 40) -> None:
+    """Write all rows to ``path`` through a temporary file renamed into place."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            w = RowWriter(f, fmt, path_width=path_width, flush=False)
+            for r in rows:
+                w.write(r)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
