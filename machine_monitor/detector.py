@@ -44,6 +44,25 @@ def score_stats(scores: np.ndarray) -> dict:
             "p5": float(q[0]), "median": float(q[1]), "p95": float(q[2]), "max": float(s.max())}
 
 
+class _LazyReconstructions(Sequence):
+    """A read-only sequence of clip reconstructions computed when indexed."""
+
+    def __init__(self, reconstruct, frames_per_clip, ids=None):
+        self._reconstruct, self._frames = reconstruct, frames_per_clip
+        self._ids = list(range(len(frames_per_clip))) if ids is None else [int(i) for i in ids]
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return self.subset(self._ids[i])
+        return self._reconstruct(self._frames[self._ids[i]])
+
+    def subset(self, ids) -> _LazyReconstructions:
+        return _LazyReconstructions(self._reconstruct, self._frames, [self._ids[i] for i in ids])
+
+
 class Detector:
     """Acoustic anomaly detector trained on normal sound only.
 
@@ -199,8 +218,9 @@ class Detector:
             lambda idx: gather_windows(val_frames, val_starts[idx], context=ctx), len(val_starts),
             self.train_config_, device=device, progress=self.progress)
 
-        recons = [self._reconstruct(f) for f in per_clip]
-        self.scorer_ = make_scorer(self.scorer, aggregate=self.aggregate).fit([recons[i] for i in train_ids])
+        # Reconstructions are made on access: holding them all would cost ~10x the frames.
+        recons = _LazyReconstructions(self._reconstruct, per_clip)
+        self.scorer_ = make_scorer(self.scorer, aggregate=self.aggregate).fit(recons.subset(train_ids))
         scores = self.scorer_.score(recons)
         self.train_scores_ = scores[train_ids]
         self.val_scores_ = scores[self.val_clips_]

@@ -123,9 +123,14 @@ class MahalanobisScorer(Scorer):
         from sklearn.covariance import LedoitWolf
 
         super().fit(recons)
-        r = np.concatenate([rec.residual for rec in recons])
-        if len(r) > self.max_windows:
-            r = r[np.random.default_rng(self.seed).choice(len(r), self.max_windows, replace=False)]
+        # An even sample of windows from every clip, drawn clip by clip: never all residuals at once.
+        rng = np.random.default_rng(self.seed)
+        per_clip = max(1, self.max_windows // max(1, len(recons)))
+        parts = []
+        for rec in recons:
+            r = rec.residual
+            parts.append(r[rng.choice(len(r), per_clip, replace=False)] if len(r) > per_clip else r)
+        r = np.concatenate(parts)
         lw = LedoitWolf().fit(r.astype(np.float64))
         self.mean_ = lw.location_.astype(np.float32)
         self.precision_ = lw.precision_.astype(np.float32)
