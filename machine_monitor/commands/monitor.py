@@ -1,0 +1,111 @@
+"""``machine-monitor monitor``: listen to a machine live and raise alerts."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+
+from machine_monitor.commands.common import add_channel_arg, add_model_arg, positive_float, resolve_model
+
+HELP = "listen to a machine through a microphone (or replay a file) and raise alerts"
+EPILOG = ("exit codes: 0 no alert episode, 1 at least one alert episode, 2 model/device/usage error, "
+          "130 stopped by Ctrl-C or SIGTERM (the summary is printed first)")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("monitor", help=HELP, description=HELP + ". Events go to stdout and --alert-log, "
+                       "a status line to stderr.", epilog=EPILOG,
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_model_arg(p)
+    src = p.add_argument_group("input")
+    src.add_argument("--device", default=None, help="input device: index or part of its name (see `devices`); "
+                     "default: the system's default input")
+    src.add_argument("--samplerate", type=positive_float, default=None,
+                     help="open the device at this rate (default: the device's own); resampled to 16 kHz")
+    add_channel_arg(src)
+    src.add_argument("--input", type=Path, default=None, metavar="FILE",
+                     help="replay this audio file through the same loop instead of a microphone")
+    src.add_argument("--speed", type=float, default=1.0,
+                     help="--input replay speed: 1 = real time, 0 = as fast as possible")
+    w = p.add_argument_group("windows and alert policy")
+    w.add_argument("--window", type=positive_float, default=None, metavar="S",
+                   help="seconds of audio scored at each hop (default: 2, or the model's clip length if shorter)")
+    w.add_argument("--hop", type=positive_float, default=0.5, metavar="S",
+                   help="seconds between windows (rounded to whole feature frames)")
+    w.add_argument("--k-of-n", type=int, nargs=2, default=(3, 5), metavar=("K", "N"),
+                   help="alert when K of the last N windows are anomalous")
+    w.add_argument("--quiet-period", type=float, default=30.0, metavar="S",
+                   help="an alert episode ends after S seconds without an anomalous window")
+    w.add_argument("--margin", type=float, default=0.1,
+                   help="a window is anomalous above threshold + MARGIN * |threshold| (0: the model's threshold)")
+    o = p.add_argument_group("where alerts go")
+    o.add_argument("--alert-log", type=Path, default=Path("alerts.jsonl"), metavar="FILE",
+                   help="append every event as a JSON line (flushed to disk at once)")
+    o.add_argument("--evidence-dir", type=Path, default=Path("evidence"), metavar="DIR",
+                   help="save the audio that opened each alert here as WAV")
+    o.add_argument("--on-alert", default=None, metavar="CMD",
+                   help="run CMD (split like a shell would, but no shell) on each alert and signal loss; the "
+                   "event is in MM_* environment variables and as JSON on stdin")
+    o.add_argument("--status-interval", type=positive_float, default=60.0, metavar="S",
+                   help="when stderr is not a terminal, print a status line every S seconds")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    import shlex
+
+    import torch
+
+    from machine_monitor.alerts import CommandRunner, ConsoleSink, EvidenceWriter, JsonlLog
+    from machine_monitor.audio.sources import FileSource, LiveSource
+    from machine_monitor.detector import Detector
+    from machine_monitor.errors import ConfigError
+    from machine_monitor.monitor import AlertPolicy, Monitor, StatusLine
+
+    # A tiny network on a shared factory PC: one thread is fastest and leaves the rest alone.
+    torch.set_num_threads(1)
+    if args.speed < 0:
+        raise ConfigError(f"--speed must be >= 0, not {args.speed}")
+    argv = shlex.split(args.on_alert) if args.on_alert else None
+    if args.on_alert is not None and not argv:
+        raise ConfigError("--on-alert needs a command")
+    model_dir = resolve_model(args.model)
+    det = Detector.load(model_dir)
+    policy = AlertPolicy(k=args.k_of_n[0], n=args.k_of_n[1], quiet_seconds=args.quiet_period, margin=args.margin)
+    if args.input is not None:
+        source = FileSource(args.input, speed=args.speed, channel=args.channel)
+    else:
+        source = LiveSource(args.device, channel=args.channel, samplerate=args.samplerate)
+    status = None if args.quiet else StatusLine(sys.stderr, interval=args.status_interval)
+    runner = CommandRunner(argv) if argv else None
+    sinks = [EvidenceWriter(args.evidence_dir), JsonlLog(args.alert_log),
+             ConsoleSink(before=status.clear if status else None)] + ([runner] if runner else [])
+    monitor = Monitor(det, source, policy=policy, sinks=sinks, window_seconds=args.window, hop_seconds=args.hop,
+                      model_name=Path(model_dir).resolve().name, on_window=status)
+
+    got = []
+
+    def on_signal(signum, frame):
+        got.append(signum)
+        monitor.stop(signal.Signals(signum).name)
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        print(f"monitoring {source.describe()} with {model_dir}: {monitor.window_seconds:.2f} s windows every "
+              f"{monitor.hop_seconds:.3f} s, alert when {policy.k} of {policy.n} exceed {monitor.level:.4g} "
+              f"(threshold {det.threshold_value_:.4g} + {policy.margin:g}); events to {args.alert_log}",
+              file=sys.stderr, flush=True)
+        summary = monitor.run()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        if runner is not None:
+            runner.close(timeout=runner.timeout)
+        if status is not None:
+            status.clear()
+    print(summary.describe())
+    if got:
+        return 130
+    return 1 if summary.alerts else 0

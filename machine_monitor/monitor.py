@@ -1,0 +1,502 @@
+"""The live monitoring loop: source -> ring buffer -> sliding windows -> scores -> alert policy -> sinks.
+
+::
+
+    from machine_monitor import Detector
+    from machine_monitor.alerts import JsonlLog
+    from machine_monitor.audio.sources import LiveSource
+    from machine_monitor.monitor import AlertPolicy, Monitor
+
+    det = Detector.load("models/pump3")
+    summary = Monitor(det, LiveSource("USB"), policy=AlertPolicy(), sinks=[JsonlLog("alerts.jsonl")]).run()
+
+Everything runs in the caller's thread except the source's producer (audio
+callback or replay thread), which only fills a bounded queue. ``stop()`` may be
+called from a signal handler or another thread.
+
+Alert policy (:class:`AlertPolicy`): a window is *anomalous* when its score
+exceeds the model's threshold raised by ``margin``; an alert opens when ``k``
+of the last ``n`` scored windows are anomalous, and closes after
+``quiet_seconds`` of windows that are not. One ``alert`` event per episode,
+one ``alert_end`` when it closes.
+
+Health: a window that is digitally silent (or holds NaN/inf) is not scored; it
+raises ``signal_lost`` once, and ``signal_restored`` follows the next scorable
+window. A source that dies (:class:`SourceLost`) raises ``signal_lost`` too and
+is re-opened with exponential backoff until it comes back or ``stop()``.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import math
+import threading
+import time
+
+import numpy as np
+
+from machine_monitor.alerts import ALERT, ALERT_END, SIGNAL_LOST, SIGNAL_RESTORED, Event
+from machine_monitor.audio.io import SILENCE_PEAK
+from machine_monitor.audio.sources import Source
+from machine_monitor.errors import AudioDeviceError, ConfigError
+from machine_monitor.scoring import Scorer, aggregate
+
+log = logging.getLogger(__name__)
+
+#: Window scored at each hop; shorter if the model was trained on shorter clips.
+DEFAULT_WINDOW_SECONDS = 2.0
+#: Time between windows (rounded to whole feature frames).
+DEFAULT_HOP_SECONDS = 0.5
+#: Samples per silence check (16 ms at 16 kHz).
+SILENCE_CHUNK = 256
+
+
+def default_window_seconds(detector) -> float:
+    """``DEFAULT_WINDOW_SECONDS``, or the model's training clip length if shorter, but >= one feature window."""
+    clip = getattr(detector, "clip_seconds_", None) or DEFAULT_WINDOW_SECONDS
+    return max(min(DEFAULT_WINDOW_SECONDS, clip), detector.window_seconds())
+
+
+@dataclasses.dataclass(frozen=True)
+class AlertPolicy:
+    """When windows become an alert episode.
+
+    Parameters
+    ----------
+    k, n : int
+        Open an alert when ``k`` of the last ``n`` scored windows are anomalous.
+    quiet_seconds : float
+        Close it after this long without an anomalous window.
+    margin : float
+        A window is anomalous above ``threshold + margin * |threshold|``. The
+        model's threshold is a high percentile of a handful of held-out clips,
+        which fresh normal windows exceed now and then; the margin keeps that
+        from waking anyone. 0 uses the model's threshold as is.
+    """
+
+    k: int = 3
+    n: int = 5
+    quiet_seconds: float = 30.0
+    margin: float = 0.1
+
+    def __post_init__(self):
+        if not 1 <= self.k <= self.n:
+            raise ConfigError(f"alert policy needs 1 <= k <= n, got k={self.k}, n={self.n}")
+        if self.quiet_seconds < 0 or self.margin < 0:
+            raise ConfigError(f"quiet_seconds and margin must be >= 0, got {self.quiet_seconds}, {self.margin}")
+
+    def level(self, threshold: float) -> float:
+        """The score a window must exceed to count as anomalous."""
+        return threshold + self.margin * abs(threshold)
+
+
+def signal_problem(y: np.ndarray, *, chunk: int = SILENCE_CHUNK) -> str | None:
+    """Why a window cannot be scored, or ``None``.
+
+    A window is refused when it holds NaN/inf or when any ``chunk`` of it is
+    digitally silent (no sample above -96 dBFS): a dropout of even one feature
+    frame would score as a huge anomaly, and says nothing about the machine.
+    """
+    if not np.isfinite(y).all():
+        return "non-finite samples in the input"
+    n = y.size // chunk * chunk
+    peaks = np.abs(y[:n].reshape(-1, chunk)).max(axis=1) if n else np.abs(y).max(keepdims=True)
+    if n < y.size:
+        peaks = np.append(peaks, np.abs(y[n:]).max())
+    silent = int(np.count_nonzero(peaks < SILENCE_PEAK))
+    if silent:
+        return f"digitally silent input ({silent} of {peaks.size} frames of a window below -96 dBFS)"
+    return None
+
+
+class RingBuffer:
+    """The last ``capacity`` samples of a stream, addressed by absolute sample index."""
+
+    def __init__(self, capacity: int):
+        self._buf = np.zeros(int(capacity), dtype=np.float32)
+        self.total = 0  # samples written since creation
+
+    @property
+    def capacity(self) -> int:
+        return self._buf.size
+
+    def extend(self, y: np.ndarray) -> None:
+        y = np.asarray(y, dtype=np.float32)
+        skip = max(0, y.size - self.capacity)  # older samples would be overwritten at once
+        self.total += skip
+        y = y[skip:]
+        i = self.total % self.capacity
+        first = min(y.size, self.capacity - i)
+        self._buf[i:i + first] = y[:first]
+        self._buf[:y.size - first] = y[first:]
+        self.total += y.size
+
+    def get(self, start: int, stop: int) -> np.ndarray:
+        """Samples ``[start, stop)`` of the stream (a copy)."""
+        if not self.total - self.capacity <= start <= stop <= self.total:
+            raise IndexError(f"samples [{start}, {stop}) are not in the buffer "
+                             f"[{max(0, self.total - self.capacity)}, {self.total})")
+        i, n = start % self.capacity, stop - start
+        if i + n <= self.capacity:
+            return self._buf[i:i + n].copy()
+        return np.concatenate([self._buf[i:], self._buf[:n - (self.capacity - i)]])
+
+
+class WindowScorer:
+    """Scores of sliding windows, equal to ``detector.score_signal(window)``.
+
+    When the detector's clip score is a pooling of its per-window scores (every
+    scorer that keeps :meth:`Scorer.score`), the feature windows shared by
+    consecutive overlapping windows are scored once and cached: each hop costs
+    the new audio only. Otherwise each window is scored whole.
+
+    Window starts must lie on the feature frame grid (multiples of the feature
+    hop from ``origin``), which :class:`Monitor` guarantees.
+    """
+
+    def __init__(self, detector, *, incremental: bool | None = None):
+        self.detector = detector
+        cfg = detector.feature_config
+        self.hop = cfg.hop_length
+        self.min_samples = cfg.min_samples
+        scorer = getattr(detector, "scorer_", None)
+        decomposable = scorer is not None and type(scorer).score is Scorer.score
+        self.incremental = decomposable if incremental is None else incremental and decomposable
+        self.aggregate = getattr(scorer, "aggregate", "mean")
+        self.reset(0)
+
+    def reset(self, origin: int) -> None:
+        """Forget cached work; the next windows start at ``origin``."""
+        self.origin = origin
+        self._next = 0  # first feature window not yet scored (index from origin)
+        self._cache: collections.deque[tuple[int, float]] = collections.deque()
+
+    def skip_to(self, position: int) -> None:
+        """No window will start before ``position``: drop work that only earlier ones need."""
+        first = -(-(position - self.origin) // self.hop)
+        self._next = max(self._next, first)
+        while self._cache and self._cache[0][0] < first:
+            self._cache.popleft()
+
+    def score(self, ring: RingBuffer, start: int, stop: int) -> float:
+        if not self.incremental:
+            return self.detector.score_signal(ring.get(start, stop))
+        seg = self.origin + self._next * self.hop
+        if stop - seg >= self.min_samples:
+            ws = self.detector.window_scores(ring.get(seg, stop))
+            self._cache.extend(zip(range(self._next, self._next + ws.size), ws.tolist()))
+            self._next += ws.size
+        first = -(-(start - self.origin) // self.hop)
+        last = (stop - self.min_samples - self.origin) // self.hop
+        while self._cache and self._cache[0][0] < first:
+            self._cache.popleft()
+        scores = [s for j, s in self._cache if j <= last]
+        return aggregate(np.asarray(scores), self.aggregate)
+
+
+@dataclasses.dataclass
+class WindowResult:
+    """One scored (or skipped) window, for status displays."""
+
+    stream_seconds: float  # end of the window
+    score: float | None  # None when the window was not scored (no signal)
+    level: float
+    anomalous: bool
+    state: str  # "normal", "ALERT" or "no signal"
+
+
+@dataclasses.dataclass
+class MonitorSummary:
+    """What happened during :meth:`Monitor.run`."""
+
+    windows: int = 0  # windows scored
+    anomalous_windows: int = 0
+    alerts: int = 0  # alert episodes opened
+    signal_losses: int = 0
+    stream_seconds: float = 0.0  # audio received
+    wall_seconds: float = 0.0
+    max_score: float | None = None
+    threshold: float = float("nan")  # the alert level actually used
+    dropped_blocks: int = 0
+    overflows: int = 0
+    restarts: int = 0
+    stopped_by: str = ""  # "end of input" or the reason given to stop()
+
+    def describe(self) -> str:
+        peak = "-" if self.max_score is None else f"{self.max_score:.4g}"
+        return (f"monitored {self.stream_seconds:.1f} s of audio in {self.wall_seconds:.1f} s ({self.stopped_by}): "
+                f"{self.windows} windows scored, {self.anomalous_windows} above {self.threshold:.4g}, "
+                f"peak {peak}; {self.alerts} alert episode(s), {self.signal_losses} signal loss(es); "
+                f"{self.dropped_blocks} dropped blocks, {self.overflows} input overflows, {self.restarts} re-opens")
+
+
+@dataclasses.dataclass
+class _Window:
+    start: int
+    stop: int
+    score: float
+    anomalous: bool
+
+
+class Monitor:
+    """Score a live source window by window and raise alert events.
+
+    Parameters
+    ----------
+    detector : Detector
+        A fitted detector (``Detector.load(dir)``).
+    source : Source
+        Where audio comes from (:class:`LiveSource`, :class:`FileSource`, ...).
+    policy : AlertPolicy
+    sinks : sequence
+        Objects with ``handle(event, audio)``, called in order for each event.
+    window_seconds, hop_seconds : float or None
+        Window scored and time between windows; ``None`` for the defaults.
+        The hop is rounded to whole feature frames.
+    model_name : str
+        Named in events.
+    on_window : callable or None
+        Called with a :class:`WindowResult` after every window (status lines).
+    backoff : (float, float)
+        First and longest wait between attempts to re-open a lost source.
+    """
+
+    def __init__(self, detector, source: Source, *, policy: AlertPolicy = AlertPolicy(), sinks=(),
+                 window_seconds: float | None = None, hop_seconds: float | None = None, model_name: str = "model",
+                 on_window=None, backoff: tuple[float, float] = (1.0, 30.0), incremental: bool | None = None):
+        self.detector = detector
+        self.source = source
+        self.policy = policy
+        self.sinks = list(sinks)
+        self.model_name = model_name
+        self.on_window = on_window
+        self.backoff = backoff
+        cfg = detector.feature_config
+        self.sr = cfg.sr
+        w = default_window_seconds(detector) if window_seconds is None else float(window_seconds)
+        self.window = int(round(w * self.sr))
+        if self.window < cfg.min_samples:
+            raise ConfigError(f"window must be at least one feature window ({cfg.min_samples / self.sr:.3f} s), "
+                              f"not {w} s")
+        h = DEFAULT_HOP_SECONDS if hop_seconds is None else float(hop_seconds)
+        if h <= 0:
+            raise ConfigError(f"hop must be > 0 s, not {h}")
+        self.hop = max(1, round(h * self.sr / cfg.hop_length)) * cfg.hop_length
+        self.level = policy.level(detector.threshold_value_)
+        self.quiet_windows = max(1, math.ceil(policy.quiet_seconds * self.sr / self.hop))
+        self.scorer = WindowScorer(detector, incremental=incremental)
+        # Enough for the n windows that open an alert (evidence), plus slack for the scorer.
+        span = self.window + (policy.n + 2) * self.hop + cfg.min_samples
+        self.ring = RingBuffer(span)
+        # Silence is checked per 16 ms: a live microphone never gives that many exact zeros, and a
+        # dropout inside a window would otherwise score as a huge anomaly.
+        self.silence_chunk = min(SILENCE_CHUNK, self.window)
+        #: Processing time of each recent window (scoring, policy, sinks), seconds.
+        self.hop_times: collections.deque[float] = collections.deque(maxlen=100_000)
+        self._stop = threading.Event()
+        self._stop_reason = "stopped"
+
+    @property
+    def window_seconds(self) -> float:
+        return self.window / self.sr
+
+    @property
+    def hop_seconds(self) -> float:
+        return self.hop / self.sr
+
+    def stop(self, reason: str = "stopped") -> None:
+        """Ask :meth:`run` to finish (thread- and signal-handler-safe)."""
+        self._stop_reason = reason
+        self._stop.set()
+
+    # -- the loop ------------------------------------------------------------------
+    def run(self) -> MonitorSummary:
+        """Listen until the source ends or :meth:`stop`; returns a summary.
+
+        Raises ``AudioDeviceError`` only if the source cannot be opened at all
+        at the start; later losses are reported as events and retried.
+        """
+        self.summary = MonitorSummary(threshold=self.level)
+        self._history: collections.deque[_Window] = collections.deque(maxlen=self.policy.n)
+        self._episode: dict | None = None
+        self._signal_ok = True
+        self._restart_segment()
+        # The first scoring pays for lazy imports and allocations: not inside the first hop.
+        self.detector.window_scores(np.random.default_rng(0).normal(0, 0.1, self.window).astype(np.float32))
+        t0 = time.monotonic()
+        self.source.start()
+        last_warn, warned = 0.0, (0, 0)
+        try:
+            while not self._stop.is_set():
+                try:
+                    block = self.source.read(timeout=0.1)
+                except AudioDeviceError as exc:
+                    self._signal_lost(str(exc))
+                    if not self._reopen():
+                        break
+                    continue
+                if block is None:
+                    if self.source.finished:
+                        self._stop_reason = "end of input"
+                        break
+                    continue
+                self._feed(block)
+                stats = self.source.stats
+                if (stats.dropped_blocks, stats.overflows) != warned and time.monotonic() - last_warn > 10:
+                    warned, last_warn = (stats.dropped_blocks, stats.overflows), time.monotonic()
+                    log.warning("input trouble so far: %d blocks dropped (the loop fell behind), "
+                                "%d input overflows", *warned)
+        finally:
+            self.source.stop()
+            if self._episode is not None:
+                self._close_episode("monitor stopped" if self._stop_reason != "end of input" else "end of input")
+            s, st = self.summary, self.source.stats
+            s.stream_seconds = self.ring.total / self.sr
+            s.wall_seconds = time.monotonic() - t0
+            s.dropped_blocks, s.overflows, s.restarts = st.dropped_blocks, st.overflows, st.restarts
+            s.stopped_by = self._stop_reason
+        return self.summary
+
+    def _restart_segment(self) -> None:
+        """Audio from here on is not continuous with what came before."""
+        origin = self.ring.total
+        self._next_stop = origin + self.window
+        self.scorer.reset(origin)
+
+    def _reopen(self) -> bool:
+        """Re-open the source with exponential backoff; False if stopped meanwhile."""
+        self.source.stop()
+        delay, longest = self.backoff
+        while not self._stop.wait(delay):
+            try:
+                self.source.start()
+            except AudioDeviceError as exc:
+                log.warning("input still unavailable (%s); next try in %.0f s", exc, min(2 * delay, longest))
+                delay = min(2 * delay, longest)
+                continue
+            log.warning("input re-opened: %s", self.source.describe())
+            self._restart_segment()
+            return True
+        return False
+
+    def _feed(self, block: np.ndarray) -> None:
+        self.ring.extend(block)
+        while self.ring.total >= self._next_stop:
+            stop = self._next_stop
+            self._next_stop += self.hop
+            t = time.perf_counter()
+            self._window(stop - self.window, stop)
+            self.hop_times.append(time.perf_counter() - t)
+
+    def _window(self, start: int, stop: int) -> None:
+        problem = signal_problem(self.ring.get(start, stop), chunk=self.silence_chunk)
+        if problem:
+            self.scorer.skip_to(start + self.hop)
+            self._signal_lost(problem)
+            self._status(stop, None, False)
+            return
+        score = self.scorer.score(self.ring, start, stop)
+        if not self._signal_ok:
+            self._signal_ok = True
+            self._emit(Event.now(SIGNAL_RESTORED, model=self.model_name, stream_seconds=stop / self.sr))
+        s = self.summary
+        anomalous = bool(score > self.level)
+        s.windows += 1
+        s.anomalous_windows += anomalous
+        s.max_score = score if s.max_score is None else max(s.max_score, score)
+        self._history.append(_Window(start, stop, score, anomalous))
+        self._apply_policy(self._history[-1])
+        self._status(stop, score, anomalous)
+
+    def _apply_policy(self, w: _Window) -> None:
+        ep = self._episode
+        if ep is not None:
+            if w.anomalous:
+                ep["last_stop"], ep["quiet"] = w.stop, 0
+                ep["peak"] = max(ep["peak"], w.score)
+            else:
+                ep["quiet"] += 1
+                if ep["quiet"] >= self.quiet_windows:
+                    self._close_episode(f"quiet for {self.policy.quiet_seconds:g} s")
+            return
+        bad = [h for h in self._history if h.anomalous]
+        if len(bad) < self.policy.k:
+            return
+        self.summary.alerts += 1
+        first = bad[0].start
+        peak = max(h.score for h in bad)
+        self._episode = {"n": self.summary.alerts, "first_start": first, "last_stop": w.stop, "peak": peak,
+                         "quiet": 0}
+        audio = self.ring.get(max(first, self.ring.total - self.ring.capacity), w.stop)
+        self._emit(Event.now(ALERT, model=self.model_name, stream_seconds=w.stop / self.sr, threshold=self.level,
+                             peak_score=peak, duration=(w.stop - first) / self.sr,
+                             windows=f"{len(bad)}/{len(self._history)}", episode=self.summary.alerts), audio)
+
+    def _close_episode(self, reason: str) -> None:
+        ep, self._episode = self._episode, None
+        self._history.clear()
+        self._emit(Event.now(ALERT_END, model=self.model_name, stream_seconds=self.ring.total / self.sr,
+                             threshold=self.level, peak_score=ep["peak"],
+                             duration=(ep["last_stop"] - ep["first_start"]) / self.sr, episode=ep["n"],
+                             reason=reason))
+
+    def _signal_lost(self, reason: str) -> None:
+        if not self._signal_ok:
+            log.debug("still no signal: %s", reason)
+            return
+        self._signal_ok = False
+        self.summary.signal_losses += 1
+        self._emit(Event.now(SIGNAL_LOST, model=self.model_name, stream_seconds=self.ring.total / self.sr,
+                             reason=reason))
+
+    def _emit(self, event: Event, audio: np.ndarray | None = None) -> None:
+        for sink in self.sinks:
+            try:
+                sink.handle(event, audio)
+            except Exception as exc:  # one broken sink (disk full, ...) must not stop the monitoring
+                log.error("%s could not record the %s event: %s", type(sink).__name__, event.event, exc)
+
+    def _status(self, stop: int, score: float | None, anomalous: bool) -> None:
+        if self.on_window is None:
+            return
+        state = "no signal" if score is None else ("ALERT" if self._episode is not None else "normal")
+        self.on_window(WindowResult(stop / self.sr, score, self.level, anomalous, state))
+
+
+class StatusLine:
+    """A status line on stderr that does not flood.
+
+    On a terminal it rewrites one line in place at most every ``tty_interval``
+    seconds; elsewhere (a log file, journald) it prints a line every
+    ``interval`` seconds.
+    """
+
+    def __init__(self, stream, *, interval: float = 60.0, tty_interval: float = 0.5):
+        self.stream = stream
+        self.tty = bool(getattr(stream, "isatty", lambda: False)())
+        self.interval = tty_interval if self.tty else interval
+        self._last = -math.inf
+        self._shown = False
+
+    def __call__(self, r: WindowResult) -> None:
+        now = time.monotonic()
+        if now - self._last < self.interval:
+            return
+        self._last = now
+        score = "-" if r.score is None else f"{r.score:.4g}"
+        text = f"t={r.stream_seconds:8.1f} s  score {score:>8}  threshold {r.level:.4g}  {r.state}"
+        if self.tty:
+            self.stream.write("\r" + text + "\033[K")
+            self._shown = True
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def clear(self) -> None:
+        """End the in-place line so that the next output starts on a fresh line."""
+        if self._shown:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+            self._shown = False
