@@ -267,7 +267,8 @@ def _chunks(items: list, size: int) -> list[list]:
 
 def scan_files(det, files: Sequence[str | os.PathLike], *, model: str | os.PathLike | None = None,
                workers: int = 1, dask_address: str | None = None, segment_seconds: float | None = None,
-               hop_seconds: float | None = None, chunk_size: int | None = None) -> Iterator[ScanRow]:
+               hop_seconds: float | None = None, chunk_size: int | None = None,
+               executor=None) -> Iterator[ScanRow]:
     """Score files, yielding one :class:`ScanRow` per file as each completes.
 
     Parameters
@@ -285,16 +286,22 @@ def scan_files(det, files: Sequence[str | os.PathLike], *, model: str | os.PathL
     dask_address : str, optional
         Scheduler address of an existing dask.distributed cluster (``tcp://host:8786``);
         its workers must see the model and the files under the same paths.
+    executor : concurrent.futures.ProcessPoolExecutor, optional
+        A pool to reuse (see :func:`worker_pool`), e.g. kept warm by a service
+        that scans repeatedly; ``workers`` is then its size.
     """
     files = [str(f) for f in files]
     options = {"segment_seconds": segment_seconds, "hop_seconds": hop_seconds, "channel": det.channel}
-    workers = max(1, min(int(workers), len(files) // MIN_FILES_PER_WORKER))
+    if executor is not None:
+        workers = max(2, int(workers))
+    else:
+        workers = max(1, min(int(workers), len(files) // MIN_FILES_PER_WORKER))
     if (workers > 1 or dask_address) and model is None:
         raise ConfigError("scanning with workers or dask needs the model directory (model=...)")
     if dask_address:
         yield from _scan_dask(str(Path(model).resolve()), files, options, dask_address, chunk_size)
     elif workers > 1:
-        yield from _scan_pool(str(model), files, options, workers, chunk_size)
+        yield from _scan_pool(str(model), files, options, workers, chunk_size, executor)
     else:
         for i, f in enumerate(files):
             row = score_file(det, f, segment_seconds=segment_seconds, hop_seconds=hop_seconds)
@@ -302,32 +309,54 @@ def scan_files(det, files: Sequence[str | os.PathLike], *, model: str | os.PathL
             yield row
 
 
-def _scan_pool(model: str, files: list[str], options: dict, workers: int, chunk_size: int | None):
+def worker_pool(workers: int, model: str | os.PathLike | None = None, *, channel: int | None = None):
+    """A pool of ``workers`` processes; with ``model``, each has loaded it before this returns."""
     import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn, not fork: forking a process that already runs torch/OpenMP threads can deadlock.
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    if model is not None:
+        # One warm-up task per worker; each sleeps so that no worker takes two.
+        list(pool.map(_warm, [(str(model), channel)] * workers))
+    return pool
+
+
+def _warm(args) -> int:
+    import time
+
+    _detector(*args)
+    time.sleep(0.2)
+    return os.getpid()
+
+
+def _scan_pool(model: str, files: list[str], options: dict, workers: int, chunk_size: int | None, executor=None):
+    from concurrent.futures import FIRST_COMPLETED, wait
 
     # Small chunks keep results streaming and the load balanced; a few files each
     # amortise the inter-process round trip.
     size = chunk_size or max(1, min(16, len(files) // (workers * 8)))
     pending_chunks = iter(_chunks(list(enumerate(files)), size))
-    # spawn, not fork: forking a process that already runs torch/OpenMP threads can deadlock.
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        running = set()
-        try:
-            while True:
-                while len(running) < 4 * workers:  # bounded: memory stays flat in the number of files
-                    chunk = next(pending_chunks, None)
-                    if chunk is None:
-                        break
-                    running.add(pool.submit(_scan_chunk, model, chunk, options))
-                if not running:
-                    return
-                done, running = wait(running, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    yield from fut.result()
-        finally:
-            for fut in running:
-                fut.cancel()
+    own = executor is None
+    pool = worker_pool(workers) if own else executor
+    running: set = set()
+    try:
+        while True:
+            while len(running) < 4 * workers:  # bounded: memory stays flat in the number of files
+                chunk = next(pending_chunks, None)
+                if chunk is None:
+                    break
+                running.add(pool.submit(_scan_chunk, model, chunk, options))
+            if not running:
+                return
+            done, running = wait(running, return_when=FIRST_COMPLETED)
+            for fut in done:
+                yield from fut.result()
+    finally:
+        for fut in running:
+            fut.cancel()
+        if own:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _scan_dask(model: str, files: list[str], options: dict, address: str, chunk_size: int | None):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from machine_monitor.scan import scan_files
+from machine_monitor.scan import scan_files, worker_pool
 from tests.conftest import SR, clicks, hum
 
 
@@ -45,6 +45,20 @@ def same_rows(rows, reference, files):
 def test_worker_processes_give_the_same_rows(fitted_detector, model_dir, files, reference):
     rows = list(scan_files(fitted_detector, files, model=model_dir, workers=2, chunk_size=3))
     same_rows(rows, reference, files)
+
+
+def test_a_warm_pool_is_reused_across_scans(fitted_detector, model_dir, files, reference):
+    with worker_pool(2, model_dir) as pool:
+        for _ in range(2):
+            rows = list(scan_files(fitted_detector, files, model=model_dir, workers=2, executor=pool))
+            same_rows(rows, reference, files)
+        assert sorted(pool.map(_loads, range(8))) == [1] * 8  # each worker loaded the model once
+
+
+def _loads(_) -> int:
+    import machine_monitor.scan
+
+    return machine_monitor.scan.LOAD_COUNT["n"]
 
 
 def test_a_dask_cluster_gives_the_same_rows_and_loads_the_model_once_per_worker(fitted_detector, model_dir, files,
