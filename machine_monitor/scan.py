@@ -315,11 +315,19 @@ def worker_pool(workers: int, model: str | os.PathLike | None = None, *, channel
     from concurrent.futures import ProcessPoolExecutor
 
     # spawn, not fork: forking a process that already runs torch/OpenMP threads can deadlock.
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_ignore_sigint)
     if model is not None:
         # One warm-up task per worker; each sleeps so that no worker takes two.
         list(pool.map(_warm, [(str(model), channel)] * workers))
     return pool
+
+
+def _ignore_sigint() -> None:
+    # Ctrl-C reaches every process of the terminal's group: the main process alone
+    # handles it (keeps finished rows, stops the pool); workers finish their chunk.
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _warm(args) -> int:

@@ -79,7 +79,7 @@ def test_table_on_stdout_and_summary_on_stderr(model_dir, archive, capsys):
     assert lines[0].split() == ["path", "score", "threshold", "windows", "worst_at", "verdict"]
     assert lines[1].split()[-1] == "ANOMALY" and lines[1].split()[3:5] == ["1/1", "0.0s"]
     assert "e_broken.wav" in lines[-1] and "error: not a readable audio file" in lines[-1]
-    assert re.search(r"5 files \(.* h of audio\) in .* s.*: 2 anomalous, 1 errors", err)
+    assert re.match(r"5 files: 2 anomalous, 1 errors \(5 scanned now: .* h of audio in .* s", err)
 
 
 def test_rows_are_streamed_so_an_interrupted_scan_keeps_them_and_resume_finishes(model_dir, archive, tmp_path,

@@ -139,8 +139,8 @@ def run(args) -> int:
     n_anom = sum(r.anomalous for r in rows)
     n_err = sum(r.error is not None for r in rows)
     speed = f", {audio_s / elapsed:,.0f}x real time" if elapsed > 0 and audio_s else ""
-    print(f"{len(rows)} files ({audio_s / 3600:.2f} h of audio) in {elapsed:.1f} s{speed}: "
-          f"{n_anom} anomalous, {n_err} errors", file=sys.stderr)
+    print(f"{len(rows)} files: {n_anom} anomalous, {n_err} errors ({len(rows) - len(kept)} scanned now: "
+          f"{audio_s / 3600:.2f} h of audio in {elapsed:.1f} s{speed})", file=sys.stderr)
     if args.report and not interrupted:
         from machine_monitor.report import write_report
 
