@@ -169,6 +169,8 @@ def ranking_metrics(labels, scores, *, max_fpr: float = DEFAULT_MAX_FPR) -> dict
     """
     from sklearn.metrics import roc_auc_score
 
+    if not 0 < max_fpr <= 1:
+        raise ConfigError(f"max_fpr must be in (0, 1], not {max_fpr!r}")
     y, s = _check(labels, scores)
     return {"auc": float(roc_auc_score(y, s)), "pauc": float(roc_auc_score(y, s, max_fpr=max_fpr)),
             "max_fpr": float(max_fpr)}

@@ -97,6 +97,12 @@ def test_metrics_refuse_inputs_they_cannot_score(labels, scores, message):
         evaluate_scores(labels, scores, 0.5)
 
 
+@pytest.mark.parametrize("max_fpr", [0.0, -0.1, 1.5])
+def test_max_fpr_outside_0_1_is_refused(max_fpr):
+    with pytest.raises(ConfigError, match="max_fpr must be in"):
+        ranking_metrics(LABELS, SCORES, max_fpr=max_fpr)
+
+
 # -- labels --------------------------------------------------------------------
 @pytest.mark.parametrize("path, label, domain", [
     ("valve/test/section_00_source_test_anomaly_0003_pat_01.wav", 1, "source"),

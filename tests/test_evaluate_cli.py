@@ -92,7 +92,9 @@ def test_dir_with_bad_clips(recordings, tmp_path):
     (d / "anomaly_broken_099.wav").write_bytes(b"RIFF not really a wav file")
     import soundfile as sf
 
-    sf.write(d / "normal_silent_099.wav", np.zeros(16000, dtype=np.float32), 16000)
+    # As long as the real clips, so that silence is the only thing wrong with it.
+    n = sf.info(recordings / "test" / "normal_000.wav").frames
+    sf.write(d / "normal_silent_099.wav", np.zeros(n, dtype=np.float32), 16000)
     return d
 
 

@@ -1,7 +1,8 @@
 """``machine-monitor evaluate``: how good is a model on labelled test clips?
 
 Prints AUC, pAUC (FPR <= 0.1), precision, recall, F1 and the confusion matrix at the
-model's threshold, and AUC per domain when the clips carry one. Evaluation is a report,
+model's threshold, and AUC per domain when the clips carry one. Files are scored exactly
+as ``scan`` scores them, so the numbers describe its alarms. Evaluation is a report,
 not an alarm: exit 0 whenever the metrics were computed, even over a subset of the clips
 because some could not be read (each one is listed and the report says how many clips the
 metrics cover); exit 2 when nothing can be evaluated (no labels, one class only, no
@@ -62,19 +63,22 @@ def _collect(inputs: list[str]):
 
 
 def _score(det, clips, progress: bool):
-    """Score each clip; a clip that cannot be read gets NaN and its reason."""
+    """Score each clip exactly as ``scan`` does (so the metrics describe its alarms: a file
+    longer than the model's clips gets its worst window's score); a clip that cannot be
+    used gets NaN and its one-line reason."""
     import numpy as np
     from tqdm.auto import tqdm
 
-    from machine_monitor.errors import AudioReadError
+    from machine_monitor.scan import score_file
 
     scores = np.full(len(clips), np.nan)
     errors: dict[int, str] = {}
     for i, path in enumerate(tqdm(clips.paths, desc="scoring", unit="clip", disable=not progress, leave=False)):
-        try:
-            scores[i] = det.score_signal(det.load_signal(path))
-        except AudioReadError as exc:
-            errors[i] = str(exc).removeprefix(f"{path}: ")
+        row = score_file(det, path)
+        if row.error is not None:
+            errors[i] = row.error
+        else:
+            scores[i] = row.score
     return scores, errors
 
 
