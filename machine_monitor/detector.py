@@ -71,7 +71,11 @@ class Detector:
     features : {"logmel", "raw"}
         Log-mel (128 mels x 5 frames, absolute dB) or raw-waveform frames.
     scorer : str
-        How a reconstruction becomes a window score (see ``scoring.SCORERS``).
+        How a reconstruction becomes a window score (see ``scoring.SCORERS``), or a
+        post-classifier on the reconstruction difference (``hist-rf``, ``diff-rf``,
+        ``iforest``; see ``postclassifiers``).
+    scorer_params : dict or None
+        Extra parameters of the scorer (e.g. ``{"n_estimators": 100}``).
     aggregate : str
         How window scores pool into a clip score: ``mean``, ``max``, ``median``, ``pNN``.
     percentile : float
@@ -95,7 +99,7 @@ class Detector:
                  val_fraction: float = 0.2, epochs: int = 100, batch_size: int = 256, lr: float = 1e-3,
                  patience: int = 10, hidden: Sequence[int] = (128, 128, 128, 128), bottleneck: int = 8,
                  seed: int = 0, device: str | None = None, channel: int | None = None,
-                 progress: bool = False):
+                 progress: bool = False, scorer_params: dict | None = None):
         self.features = features
         self.scorer = scorer
         self.aggregate = aggregate
@@ -112,6 +116,7 @@ class Detector:
         self.device = device
         self.channel = channel
         self.progress = progress
+        self.scorer_params = scorer_params
 
     # -- audio and features ------------------------------------------------
     @property
@@ -153,12 +158,17 @@ class Detector:
         if self.threshold_method not in ("percentile", "gamma"):
             raise ConfigError(f"threshold_method must be percentile or gamma, not {self.threshold_method!r}")
 
-    def fit(self, clips: Iterable, y=None) -> Detector:
+    def fit(self, clips: Iterable, y=None, *, anomalies: Iterable | None = None) -> Detector:
         """Learn "normal" from clips of normal machine sound.
 
         Holds out ``val_fraction`` of the clips (whole clips, seeded) for early
         stopping and for the threshold, so the threshold reflects clips the
         network never trained on.
+
+        ``anomalies``: labelled fault clips, for a supervised scorer (``hist-rf``,
+        ``diff-rf``, see ``postclassifiers``). The network still learns from normal
+        clips only; the forest learns from every clip's reconstruction, and the
+        threshold comes from held-out normal clips scored out-of-fold (5 folds).
         """
         import torch
 
@@ -171,7 +181,14 @@ class Detector:
         )
 
         clips = list(clips)
+        anomalies = list(anomalies or [])
         self._check_params(len(clips))
+        supervised = make_scorer(self.scorer, **(self.scorer_params or {})).supervised
+        if supervised and not anomalies:
+            raise ConfigError(f"scorer {self.scorer!r} learns from labelled anomalies: pass some (--anomalies DIR)")
+        if anomalies and not supervised:
+            raise ConfigError(f"scorer {self.scorer!r} learns from normal clips only; to use labelled anomalies "
+                              "choose scorer hist-rf or diff-rf")
         t0 = time.perf_counter()
         self.feature_config_ = FeatureConfig.for_kind(self.features)
         cfg = self.feature_config_
@@ -220,8 +237,22 @@ class Detector:
 
         # Reconstructions are made on access: holding them all would cost ~10x the frames.
         recons = _LazyReconstructions(self._reconstruct, per_clip)
-        self.scorer_ = make_scorer(self.scorer, aggregate=self.aggregate).fit(recons.subset(train_ids))
-        scores = self.scorer_.score(recons)
+        scorer = make_scorer(self.scorer, aggregate=self.aggregate, **(self.scorer_params or {}))
+        if hasattr(scorer, "context"):
+            scorer.context = ctx  # post-classifiers read a window as context x frame_dims
+        self.n_anomalies_ = len(anomalies)
+        if supervised:
+            from machine_monitor.postclassifiers import fit_supervised
+
+            labelled = _LazyReconstructions(self._reconstruct, per_clip + [
+                self._frames(self.load_signal(c, i)) for i, c in enumerate(anomalies)])
+            y_ = np.r_[np.zeros(len(per_clip), np.int64), np.ones(len(anomalies), np.int64)]
+            # Normal clips' scores are out-of-fold: each from a forest that never saw the clip.
+            self.scorer_, scores = fit_supervised(scorer, labelled, y_, seed=self.seed)
+            scores = scores[: len(per_clip)]
+        else:
+            self.scorer_ = scorer.fit(recons.subset(train_ids))
+            scores = self.scorer_.score(recons)
         self.train_scores_ = scores[train_ids]
         self.val_scores_ = scores[self.val_clips_]
         self.threshold_ = fit_threshold(self.val_scores_, method=self.threshold_method, percentile=self.percentile)

@@ -35,7 +35,15 @@ ARRAYS_FILE = "arrays.safetensors"
 SKOPS_FILE = "scorer.skops"
 # Detector.__init__ parameters saved with the model (device and progress are per run).
 SAVED_PARAMS = ("features", "scorer", "aggregate", "percentile", "threshold_method", "val_fraction", "epochs",
-                "batch_size", "lr", "patience", "hidden", "bottleneck", "seed", "channel")
+                "batch_size", "lr", "patience", "hidden", "bottleneck", "seed", "channel", "scorer_params")
+# model.json "detector" field -> the class that loads it ("ae" = Detector, also when the field is absent).
+DETECTOR_KINDS = {
+    "ae": "machine_monitor.detector:Detector",
+    "aegmm": "machine_monitor.gmm:AEGMMDetector",
+    "vaegmm": "machine_monitor.gmm:VAEGMMDetector",
+    "ocsvm": "machine_monitor.baselines:OCSVMDetector",
+    "iforest": "machine_monitor.baselines:IForestDetector",
+}
 
 
 def sha256(path: Path) -> str:
@@ -91,6 +99,7 @@ def save_detector(det, path: str | os.PathLike) -> Path:
         manifest = {
             "schema_version": SCHEMA_VERSION,
             "format": "machine-monitor detector",
+            "detector": "ae",
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "sample_rate": det.feature_config_.sr,
             "params": {k: getattr(det, k) for k in SAVED_PARAMS},
@@ -103,6 +112,7 @@ def save_detector(det, path: str | os.PathLike) -> Path:
                 "history": det.history_,
                 "fit_seconds": det.fit_seconds_,
                 "n_clips": det.n_clips_,
+                "n_anomalies": getattr(det, "n_anomalies_", 0),
                 "val_clips": det.val_clips_,
                 "clip_seconds": det.clip_seconds_,
             },
@@ -116,22 +126,45 @@ def save_detector(det, path: str | os.PathLike) -> Path:
         }
         manifest["files"] = {p.name: sha256(p) for p in sorted(tmp.iterdir())}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=_json_default) + "\n")
-        os.chmod(tmp, 0o755)
-        # Swap into place: the old model survives until the new one is complete.
-        old = None
-        if dest.exists():
-            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-            dest.rename(old)
-        tmp.rename(dest)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        _swap_into_place(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dest
 
 
-def read_manifest(path: str | os.PathLike) -> dict:
+def _swap_into_place(tmp: Path, dest: Path) -> None:
+    # The old model survives until the new one is complete.
+    os.chmod(tmp, 0o755)
+    old = None
+    if dest.exists():
+        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+        dest.rename(old)
+    tmp.rename(dest)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def write_model_dir(dest: str | os.PathLike, manifest: dict, write_files) -> Path:
+    """Write a model directory atomically: ``write_files(tmp)`` writes the parts, then
+    ``model.json`` (``manifest`` plus schema, creation time, versions and every file's sha256)."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    try:
+        write_files(tmp)
+        full = {"schema_version": SCHEMA_VERSION, "format": "machine-monitor detector",
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **manifest, "versions": package_versions()}
+        full["files"] = {p.name: sha256(p) for p in sorted(tmp.iterdir())}
+        (tmp / MANIFEST).write_text(json.dumps(full, indent=2, default=_json_default) + "\n")
+        _swap_into_place(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+def read_manifest(path: str | os.PathLike, *, required: tuple[str, ...] = (NETWORK_FILE, ARRAYS_FILE)) -> dict:
     """Parse and verify ``model.json``: schema, and the sha256 of every listed file."""
     root = Path(path)
     mpath = root / MANIFEST
@@ -147,9 +180,9 @@ def read_manifest(path: str | os.PathLike) -> dict:
     if version != SCHEMA_VERSION:
         raise ModelError(f"{mpath}: schema version {version!r} is not supported (expected {SCHEMA_VERSION})")
     files = manifest.get("files") or {}
-    for required in (NETWORK_FILE, ARRAYS_FILE):
-        if required not in files:
-            raise ModelError(f"{mpath}: lists no {required}")
+    for name in required:
+        if name not in files:
+            raise ModelError(f"{mpath}: lists no {name}")
     for name, digest in files.items():
         f = root / name
         if Path(name).name != name:
@@ -175,6 +208,12 @@ def load_detector(path: str | os.PathLike, *, device: str | None = None):
     from machine_monitor.scoring import make_scorer
 
     root = Path(path)
+    m = read_manifest(root, required=())
+    kind = m.get("detector", "ae")
+    if kind not in DETECTOR_KINDS:
+        raise ModelError(f"{root / MANIFEST}: unknown detector kind {kind!r}")
+    if kind != "ae":
+        return detector_class(kind, source=root / MANIFEST)._from_model_dir(root, m, device=device)
     m = read_manifest(root)
     try:
         det = Detector(**{k: m["params"][k] for k in SAVED_PARAMS if k in m["params"]}, device=device)
@@ -217,6 +256,7 @@ def load_detector(path: str | os.PathLike, *, device: str | None = None):
     det.history_ = train.get("history", [])
     det.fit_seconds_ = train.get("fit_seconds")
     det.n_clips_ = train.get("n_clips")
+    det.n_anomalies_ = train.get("n_anomalies", 0)
     det.val_clips_ = np.asarray(train.get("val_clips", []), dtype=np.int64)
     det.clip_seconds_ = train.get("clip_seconds")
     det.train_scores_ = np.asarray(m["scores"].get("train_values", []), dtype=np.float64)
@@ -226,7 +266,8 @@ def load_detector(path: str | os.PathLike, *, device: str | None = None):
     return det
 
 
-# Types a scorer's scikit-learn parts may contain; anything else is refused.
+# Types the scikit-learn parts may contain (forests of the post-classifiers, the
+# OC-SVM / isolation-forest baselines); a file holding anything else is refused.
 TRUSTED_SKOPS_TYPES = [
     "sklearn.ensemble._forest.RandomForestClassifier",
     "sklearn.ensemble._iforest.IsolationForest",
@@ -236,18 +277,68 @@ TRUSTED_SKOPS_TYPES = [
     "sklearn.svm._classes.OneClassSVM",
     "sklearn.preprocessing._data.StandardScaler",
     "sklearn.pipeline.Pipeline",
-    "sklearn.mixture._gaussian_mixture.GaussianMixture",
-    "numpy.random._mt19937.MT19937",
-    "numpy.random.mtrand.RandomState",
     "builtins.dict",
 ]
+# Containers and numbers any fitted estimator holds.
+PLAIN_SKOPS_TYPES = ["builtins.list", "builtins.tuple", "builtins.str", "builtins.int", "builtins.float",
+                     "builtins.bool", "numpy.ndarray", "numpy.float64", "numpy.float32", "numpy.int64", "numpy.int32"]
+
+
+def detector_class(kind: str, *, source: object = "detector"):
+    """The class of a detector kind (``ae``, ``aegmm``, ``vaegmm``, ``ocsvm``, ``iforest``)."""
+    import importlib
+
+    from machine_monitor.errors import ConfigError
+
+    try:
+        module, name = DETECTOR_KINDS[kind].split(":")
+    except (KeyError, TypeError):
+        raise ConfigError(f"{source}: detector must be one of {', '.join(DETECTOR_KINDS)}, not {kind!r}") from None
+    return getattr(importlib.import_module(module), name)
+
+
+def make_detector(kind: str = "ae", **params):
+    """A new, unfitted detector of ``kind`` with its keyword parameters."""
+    return detector_class(kind)(**params)
+
+
+def save_estimators(path: Path, estimators: dict) -> None:
+    import skops.io as sio
+
+    sio.dump(estimators, path)
+
+
+def load_estimators(path: Path) -> dict:
+    """Scikit-learn parts from a skops file, refusing any type outside the trusted list."""
+    return _load_skops(path)
+
+
+def _skops_types(path: Path) -> set[str]:
+    """Every ``module.class`` named anywhere in a skops file's schema."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        schema = json.loads(z.read("schema.json"))
+    found, todo = set(), [schema]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, dict):
+            if "__class__" in node:
+                found.add(f"{node.get('__module__', '')}.{node['__class__']}")
+            todo.extend(node.values())
+        elif isinstance(node, list):
+            todo.extend(node)
+    return found
 
 
 def _load_skops(path: Path):
     import skops.io as sio
 
     try:
-        untrusted = [t for t in sio.get_untrusted_types(file=path) if t not in TRUSTED_SKOPS_TYPES]
+        # skops trusts every scikit-learn class by default; this list is narrower: walk
+        # every node of the file's schema and refuse a type that is not on it.
+        found = _skops_types(path) | set(sio.get_untrusted_types(file=path))
+        untrusted = sorted(found - set(TRUSTED_SKOPS_TYPES) - set(PLAIN_SKOPS_TYPES))
         if untrusted:
             raise ModelError(f"{path}: contains types outside the trusted list: {', '.join(untrusted)}")
         return sio.load(path, trusted=TRUSTED_SKOPS_TYPES)

@@ -73,7 +73,11 @@ class Scorer:
     def __init__(self, *, aggregate: str = "mean"):
         self.aggregate = aggregate
 
-    def fit(self, recons: list[Reconstruction]) -> Scorer:
+    # True for scorers that learn from labelled anomalies too: ``fit(recons, y)``.
+    supervised = False
+
+    def fit(self, recons: list[Reconstruction], y=None) -> Scorer:
+        """Learn from normal clips' reconstructions (``y``, 1 = anomaly: supervised scorers only)."""
         check_aggregate(self.aggregate)
         return self
 
@@ -157,6 +161,8 @@ SCORERS: dict[str, type[Scorer]] = {cls.name: cls for cls in (MSEScorer, Mahalan
 
 def make_scorer(name: str, **params) -> Scorer:
     """A scorer by registry name, with its saved parameters."""
+    if name not in SCORERS:
+        import machine_monitor.postclassifiers  # noqa: F401  (registers hist-rf, diff-rf, iforest)
     try:
         cls = SCORERS[name]
     except KeyError:

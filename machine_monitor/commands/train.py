@@ -18,11 +18,22 @@ def register(sub) -> None:
     p.add_argument("-o", "--out", type=Path, help="model directory (default: models/<name from the folder>)")
     p.add_argument("-r", "--recursive", action="store_true", help="also look in subfolders")
     g = p.add_argument_group("detector")
+    g.add_argument("--detector", choices=("ae", "aegmm", "vaegmm", "ocsvm", "iforest"), default="ae",
+                   help="ae: autoencoder + scorer; aegmm/vaegmm: (variational) autoencoder + Gaussian mixture "
+                   "energy; ocsvm/iforest: one-class SVM / isolation forest on 1 s segment statistics")
+    g.add_argument("--post", choices=("hist-rf", "diff-rf", "iforest"), default=None,
+                   help="post-classifier on the autoencoder's reconstruction difference (replaces --scorer): "
+                   "random forest on difference histograms / vectors (needs --anomalies), or isolation forest "
+                   "on difference histograms (default with --anomalies: hist-rf)")
+    g.add_argument("--anomalies", nargs="+", metavar="DIR_OR_FILE",
+                   help="labelled fault recordings for a supervised post-classifier")
     g.add_argument("--features", choices=("logmel", "raw"), default="logmel",
                    help="log-mel (128 mels x 5 frames) or raw 16 kHz waveform frames")
     g.add_argument("--scorer", default="mse", help="window score on the reconstruction: mse | mahalanobis")
     g.add_argument("--aggregate", default="mean", help="clip score from window scores: mean | max | median | pNN")
-    g.add_argument("--epochs", type=int, default=100, help="maximum training epochs (early stopping on held-out clips)")
+    g.add_argument("--epochs", type=int, default=None,
+                   help="maximum training epochs (ae: default 100, early stopping on held-out clips; "
+                   "aegmm/vaegmm: default 30)")
     g.add_argument("--batch-size", type=int, default=256)
     g.add_argument("--lr", type=float, default=1e-3, help="learning rate")
     g.add_argument("--val-fraction", type=float, default=0.2, help="share of clips held out for validation")
@@ -56,11 +67,13 @@ def run(args) -> int:
         raise ConfigError(f"no audio files in {', '.join(args.inputs)}")
     out = args.out or DEFAULT_MODELS_DIR / default_model_name(args.inputs[0])
     print(f"training on {len(clips)} clips from {', '.join(args.inputs)}", file=sys.stderr)
-    det = Detector(features=args.features, scorer=args.scorer, aggregate=args.aggregate, percentile=args.percentile,
-                   threshold_method=args.threshold_method, val_fraction=args.val_fraction, epochs=args.epochs,
-                   batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
-                   channel=args.channel, progress=args.progress)
-    det.fit(clips)
+    anomalies = _anomaly_clips(args, find_audio_files)
+    det = _make_detector(args, Detector, ConfigError)
+    if anomalies:
+        print(f"and on {len(anomalies)} labelled anomalies from {', '.join(args.anomalies)}", file=sys.stderr)
+        det.fit(clips, anomalies=anomalies)
+    else:
+        det.fit(clips)
     if args.contamination is not None:
         mix = find_audio_files(args.threshold_data, recursive=args.recursive)
         det.set_threshold(mix, method="contamination", contamination=args.contamination)
@@ -68,6 +81,38 @@ def run(args) -> int:
     t = det.threshold_
     how = (f"p{t['percentile']:g} of {t['n_scores']} held-out normal clips" if t["method"] == "percentile"
            else f"{t['method']}, p{t['percentile']:g} of {t['n_scores']} clips")
-    print(f"saved {out}  threshold {t['value']:.4g} ({how}); {len(det.history_)} epochs, "
-          f"fit {det.fit_seconds_:.1f} s")
+    epochs = f"{len(det.history_)} epochs, " if args.detector in ("ae", "aegmm", "vaegmm") else ""
+    print(f"saved {out}  threshold {t['value']:.4g} ({how}); {epochs}fit {det.fit_seconds_:.1f} s")
     return 0
+
+
+def _anomaly_clips(args, find_audio_files) -> list:
+    from machine_monitor.errors import ConfigError
+
+    if not args.anomalies:
+        return []
+    for item in args.anomalies:
+        if not Path(item).exists():
+            raise ConfigError(f"{item}: no such file or folder")
+    found = find_audio_files(args.anomalies, recursive=args.recursive)
+    if not found:
+        raise ConfigError(f"no audio files in {', '.join(args.anomalies)}")
+    return found
+
+
+def _make_detector(args, Detector, ConfigError):
+    """The detector the options ask for (unfitted)."""
+    common = dict(features=args.features, aggregate=args.aggregate, percentile=args.percentile,
+                  threshold_method=args.threshold_method, val_fraction=args.val_fraction, seed=args.seed,
+                  device=args.device, channel=args.channel, progress=args.progress)
+    if args.detector == "ae":
+        scorer = args.post or ("hist-rf" if args.anomalies else args.scorer)
+        return Detector(scorer=scorer, epochs=args.epochs or 100, batch_size=args.batch_size, lr=args.lr, **common)
+    if args.post or args.anomalies or args.scorer != "mse":
+        raise ConfigError(f"--post, --anomalies and --scorer apply to --detector ae, not {args.detector}")
+    from machine_monitor.persistence import make_detector
+
+    if args.detector in ("aegmm", "vaegmm"):
+        return make_detector(args.detector, epochs=args.epochs or 30, batch_size=args.batch_size, lr=args.lr,
+                             **common)
+    return make_detector(args.detector, **common)
