@@ -68,8 +68,10 @@ class Detector:
 
     Parameters
     ----------
-    features : {"logmel", "raw"}
-        Log-mel (128 mels x 5 frames, absolute dB) or raw-waveform frames.
+    features : {"peak", "logmel", "raw"}
+        ``peak`` (default): per-band maximum of the log-mel over 10 s spans (or the
+        shortest training clip), one 128-dim vector per span; ``logmel``: 5 stacked
+        log-mel frames (640 dims, the DCASE baseline); ``raw``: raw-waveform frames.
     scorer : str
         How a reconstruction becomes a window score (see ``scoring.SCORERS``), or a
         post-classifier on the reconstruction difference (``hist-rf``, ``diff-rf``,
@@ -80,10 +82,15 @@ class Detector:
         How window scores pool into a clip score: ``mean``, ``max``, ``median``, ``pNN``.
     percentile : float
         Threshold = this percentile of held-out normal clip scores.
-    threshold_method : {"percentile", "gamma"}
+    threshold_method : {"gamma", "percentile"}
+        ``gamma`` (default): the ``percentile`` of a gamma distribution fitted to the
+        held-out normal scores; with the ~10 held-out clips a user has, a plain 99th
+        percentile is just their maximum, which fresh normal sound exceeds often.
     val_fraction : float
         Share of training clips held out (whole clips) for early stopping and threshold.
     epochs, batch_size, lr, patience, hidden, bottleneck : network training settings.
+        ``epochs``/``patience`` ``None``: 1000/50 for ``peak`` (one vector per clip, so an
+        epoch is one or two optimiser steps), 100/10 for frame features.
     seed : int
         Seeds the clip split, initialisation and batch order (deterministic on CPU).
     device : str or None
@@ -94,10 +101,10 @@ class Detector:
         Show progress bars on stderr.
     """
 
-    def __init__(self, *, features: str = "logmel", scorer: str = "mse", aggregate: str = "mean",
-                 percentile: float = DEFAULT_PERCENTILE, threshold_method: str = "percentile",
-                 val_fraction: float = 0.2, epochs: int = 100, batch_size: int = 256, lr: float = 1e-3,
-                 patience: int = 10, hidden: Sequence[int] = (128, 128, 128, 128), bottleneck: int = 8,
+    def __init__(self, *, features: str = "peak", scorer: str = "mahalanobis", aggregate: str = "mean",
+                 percentile: float = DEFAULT_PERCENTILE, threshold_method: str = "gamma",
+                 val_fraction: float = 0.2, epochs: int | None = None, batch_size: int = 256, lr: float = 1e-3,
+                 patience: int | None = None, hidden: Sequence[int] = (128, 128, 128, 128), bottleneck: int = 8,
                  seed: int = 0, device: str | None = None, channel: int | None = None,
                  progress: bool = False, scorer_params: dict | None = None):
         self.features = features
@@ -142,8 +149,9 @@ class Detector:
         return check_signal(y, sr=cfg.sr, min_samples=cfg.min_samples, source=name)
 
     def _frames(self, y: np.ndarray) -> np.ndarray:
-        """Standardised frames ``(n_frames, frame_dims)`` of a signal."""
-        f = frames(y, self.feature_config)
+        """Standardised units ``(n_units, frame_dims)`` of a signal: frames, or peak spans."""
+        cfg = self.feature_config
+        f = cfg.units(frames(y, cfg))
         f -= self.feature_mean_
         f /= self.feature_std_
         return f
@@ -190,8 +198,8 @@ class Detector:
             raise ConfigError(f"scorer {self.scorer!r} learns from normal clips only; to use labelled anomalies "
                               "choose scorer hist-rf or diff-rf")
         t0 = time.perf_counter()
-        self.feature_config_ = FeatureConfig.for_kind(self.features)
-        cfg = self.feature_config_
+        # Load with the shortest span a peak model can have; the span is fitted to the clips below.
+        self.feature_config_ = cfg = FeatureConfig.for_kind(self.features).fitted_to(1)
 
         per_clip, seconds = [], []
         from tqdm.auto import tqdm
@@ -201,6 +209,8 @@ class Detector:
             seconds.append(y_.size / cfg.sr)
             per_clip.append(frames(y_, cfg))
         self.clip_seconds_ = float(np.median(seconds))
+        self.feature_config_ = cfg = FeatureConfig.for_kind(self.features).fitted_to(min(map(len, per_clip)))
+        per_clip = [cfg.units(f) for f in per_clip]
 
         rng = np.random.default_rng(self.seed)
         order = rng.permutation(len(clips))
@@ -217,7 +227,7 @@ class Detector:
             f -= self.feature_mean_
             f /= self.feature_std_
 
-        ctx = cfg.context
+        ctx = cfg.stack
         train_frames = np.concatenate([per_clip[i] for i in train_ids])
         val_frames = np.concatenate([per_clip[i] for i in self.val_clips_])
         train_starts = window_index(np.array([len(per_clip[i]) for i in train_ids]), context=ctx)
@@ -225,8 +235,9 @@ class Detector:
 
         device = torch.device(self.device) if self.device else default_device()
         self.network_config_ = NetworkConfig(cfg.window_dims, tuple(int(h) for h in self.hidden), int(self.bottleneck))
-        self.train_config_ = TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-                                         patience=self.patience, seed=self.seed)
+        epochs, patience = (1000, 50) if cfg.kind == "peak" else (100, 10)
+        self.train_config_ = TrainConfig(epochs=self.epochs or epochs, batch_size=self.batch_size, lr=self.lr,
+                                         patience=self.patience or patience, seed=self.seed)
         torch.manual_seed(self.seed)
         self.network_ = DenseAutoencoder(self.network_config_)
         self.history_ = train_autoencoder(
@@ -268,7 +279,7 @@ class Detector:
     def _reconstruct(self, f: np.ndarray) -> Reconstruction:
         import torch
 
-        x = stack_frames(f, context=self.feature_config.context)
+        x = stack_frames(f, context=self.feature_config.stack)
         with torch.no_grad():
             self.network_.eval()
             device = next(self.network_.parameters()).device

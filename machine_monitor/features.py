@@ -9,6 +9,12 @@ windows are gathered per batch (see :func:`window_index`).
   reference (``10 * log10(mel + eps)``) so that a louder machine looks different.
 * ``raw``: the waveform itself in blocks of ``hop_length`` samples; a window of
   ``context`` blocks is a raw frame of ``context * hop_length`` samples.
+* ``peak``: the log-mel's per-band **maximum over ``context`` frames** (311 frames =
+  10 s by default), one 128-dim vector per span, spans ``stride`` frames apart. Short
+  events (a valve click, a bearing knock) set a band's peak whatever else the span holds,
+  where a mean over hundreds of frames would wash them out, and a click that is *weaker*
+  than normal shows as a lower peak, which per-frame reconstruction cannot see.
+  The span shrinks at fit time to the shortest training clip (see :meth:`FeatureConfig.fitted_to`).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from machine_monitor.errors import ConfigError
 
 LOG_EPS = 1e-10
+KINDS = ("peak", "logmel", "raw")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,36 +41,54 @@ class FeatureConfig:
     hop_length: int = 512
     n_mels: int = 128
     context: int = 5
+    stride: int = 1
 
     def __post_init__(self):
-        if self.kind not in ("logmel", "raw"):
-            raise ConfigError(f"features must be 'logmel' or 'raw', not {self.kind!r}")
-        for name in ("sr", "n_fft", "hop_length", "n_mels", "context"):
+        if self.kind not in KINDS:
+            raise ConfigError(f"features must be one of {', '.join(KINDS)}, not {self.kind!r}")
+        for name in ("sr", "n_fft", "hop_length", "n_mels", "context", "stride"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"feature parameter {name} must be >= 1, not {getattr(self, name)!r}")
 
     @classmethod
     def for_kind(cls, kind: str, **overrides) -> FeatureConfig:
-        """Defaults per kind: logmel 128 mels x 5 frames (640 dims); raw 1024-sample frames."""
-        base = {"raw": {"hop_length": 256, "context": 4}}.get(kind, {})
+        """Defaults per kind: logmel 128 mels x 5 frames (640 dims); raw 1024-sample frames;
+        peak: per-band max over 311 frames (10 s), spans 16 frames (0.5 s) apart."""
+        base = {"raw": {"hop_length": 256, "context": 4}, "peak": {"context": 311, "stride": 16}}.get(kind, {})
         return cls(kind=kind, **{**base, **overrides})
+
+    def fitted_to(self, n_frames: int) -> FeatureConfig:
+        """This config with a ``peak`` span no longer than ``n_frames`` (the shortest training clip)."""
+        if self.kind != "peak" or n_frames >= self.context:
+            return self
+        return dataclasses.replace(self, context=max(1, int(n_frames)))
 
     @property
     def frame_dims(self) -> int:
-        return self.n_mels if self.kind == "logmel" else self.hop_length
+        """Dimensions of one standardised unit the network's input is built from."""
+        return self.hop_length if self.kind == "raw" else self.n_mels
+
+    @property
+    def stack(self) -> int:
+        """How many consecutive units are concatenated into one network input."""
+        return 1 if self.kind == "peak" else self.context
 
     @property
     def window_dims(self) -> int:
-        return self.frame_dims * self.context
+        return self.frame_dims * self.stack
+
+    def units(self, f: np.ndarray) -> np.ndarray:
+        """What the network's inputs are stacked from: frames, or pooled peak spectra."""
+        return peak_windows(f, context=self.context, stride=self.stride) if self.kind == "peak" else f
 
     @property
     def min_samples(self) -> int:
         """Shortest signal that yields one window."""
-        first = self.n_fft if self.kind == "logmel" else self.hop_length
+        first = self.hop_length if self.kind == "raw" else self.n_fft
         return first + (self.context - 1) * self.hop_length
 
     def n_frames(self, n_samples: int) -> int:
-        first = self.n_fft if self.kind == "logmel" else self.hop_length
+        first = self.hop_length if self.kind == "raw" else self.n_fft
         return 0 if n_samples < first else 1 + (n_samples - first) // self.hop_length
 
     def to_dict(self) -> dict:
@@ -130,10 +155,41 @@ def raw_frames(y: np.ndarray, *, hop_length: int = 256) -> np.ndarray:
 
 
 def frames(y: np.ndarray, config: FeatureConfig) -> np.ndarray:
-    """Frames of ``y`` for ``config``: ``(n_frames, config.frame_dims)`` float32."""
-    if config.kind == "logmel":
+    """Frames of ``y`` for ``config``: ``(n_frames, n_dims)`` float32 (log-mel for ``peak`` too)."""
+    if config.kind != "raw":
         return logmel_frames(y, sr=config.sr, n_fft=config.n_fft, hop_length=config.hop_length, n_mels=config.n_mels)
     return raw_frames(y, hop_length=config.hop_length)
+
+
+def peak_windows(f: np.ndarray, *, context: int = 311, stride: int = 16) -> np.ndarray:
+    """Per-band maximum over spans of ``context`` frames, ``stride`` frames apart.
+
+    The last span always ends at the last frame, so the end of a signal is never skipped.
+
+    Parameters
+    ----------
+    f : np.ndarray [shape=(n_frames, d)]
+
+    Returns
+    -------
+    np.ndarray [shape=(n_spans, d), dtype=float32]
+        ``n_spans = ceil((n_frames - context) / stride) + 1``; zero rows if ``n_frames < context``.
+    """
+    n = f.shape[0] - context + 1
+    if n <= 0:
+        return np.zeros((0, f.shape[1]), dtype=np.float32)
+    starts = np.arange(0, n, stride)
+    if starts[-1] != n - 1:
+        starts = np.append(starts, n - 1)
+    if context == 1:
+        return np.ascontiguousarray(f[starts], dtype=np.float32)
+    # Running max via a doubling sparse table: O(n log context), no (n, context, d) view copied.
+    m, span = f.astype(np.float32, copy=True), 1
+    while span * 2 <= context:
+        m[: m.shape[0] - span] = np.maximum(m[: m.shape[0] - span], m[span:])
+        span *= 2
+    # m[t] = max f[t : t + span]; combine two overlapping spans to cover exactly `context`.
+    return np.maximum(m[starts], m[starts + context - span])
 
 
 def stack_frames(f: np.ndarray, *, context: int = 5) -> np.ndarray:
@@ -151,6 +207,8 @@ def stack_frames(f: np.ndarray, *, context: int = 5) -> np.ndarray:
     n = f.shape[0] - context + 1
     if n <= 0:
         return np.zeros((0, context * f.shape[1]), dtype=np.float32)
+    if context == 1:
+        return np.ascontiguousarray(f, dtype=np.float32)
     return np.ascontiguousarray(sliding_window_view(f, (context, f.shape[1]))[:, 0].reshape(n, -1))
 
 

@@ -162,7 +162,9 @@ class WindowScorer:
         self.hop = cfg.hop_length
         self.min_samples = cfg.min_samples
         scorer = getattr(detector, "scorer_", None)
-        decomposable = scorer is not None and type(scorer).score is Scorer.score
+        # Peak spans sit `stride` frames apart with the last one anchored to the end of
+        # the audio, so they do not tile frame by frame: score those windows whole.
+        decomposable = scorer is not None and type(scorer).score is Scorer.score and cfg.kind != "peak"
         self.incremental = decomposable if incremental is None else incremental and decomposable
         self.aggregate = getattr(scorer, "aggregate", "mean")
         self.reset(0)

@@ -63,9 +63,15 @@ def gamma_threshold(scores, *, percentile: float = DEFAULT_PERCENTILE) -> dict:
 
     p = _check_percentile(percentile)
     s = _finite(scores)
+    if np.unique(s).size < 3:
+        # No distribution can be fitted to one or two values: say so and use them as they are.
+        return {**percentile_threshold(s, percentile=p), "note": f"gamma fit needs 3+ distinct scores, had {s.size}"}
     shift = min(0.0, float(s.min())) - 1e-12  # gamma needs positive support
-    a, loc, scale = stats.gamma.fit(s - shift, floc=0.0)
+    with np.errstate(all="ignore"):
+        a, loc, scale = stats.gamma.fit(s - shift, floc=0.0)
     value = float(stats.gamma.ppf(min(p, 99.9999) / 100.0, a, loc=loc, scale=scale)) + shift
+    if not np.isfinite(value):
+        return {**percentile_threshold(s, percentile=p), "note": "gamma fit did not converge"}
     return {"method": "gamma", "percentile": p, "value": value, "n_scores": int(s.size),
             "gamma": {"shape": float(a), "scale": float(scale), "shift": shift}}
 

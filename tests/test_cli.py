@@ -92,7 +92,7 @@ def test_scan_reports_an_unreadable_file_in_its_row_and_exits_2(demo_model, reco
     bad = tmp_path / "broken.wav"
     bad.write_text("not audio")
     silent = tmp_path / "silent.wav"
-    sf.write(silent, np.zeros(16_000, np.float32), 16_000)
+    sf.write(silent, np.zeros(5 * 16_000, np.float32), 16_000)
     good = sorted((recordings / "test").glob("normal_*.wav"))[0]
     code = main(["scan", "--model", str(demo_model), str(good), str(bad), str(silent)])
     out = capsys.readouterr().out

@@ -15,11 +15,12 @@ from tests.conftest import FAST, clicks, hum
 
 def test_fit_learns_state_and_a_threshold_from_held_out_clips(fitted_detector, normal_arrays):
     det = fitted_detector
-    assert det.threshold_["method"] == "percentile" and det.threshold_["percentile"] == 99.0
-    assert det.threshold_["n_scores"] == len(det.val_clips_) == 2  # 20 % of 10 clips, whole clips
+    assert det.threshold_["method"] == "gamma" and det.threshold_["percentile"] == 99.0
+    assert det.threshold_value_ > det.val_scores_.max()  # extrapolated past the few held-out clips
+    assert det.threshold_["n_scores"] == len(det.val_clips_) == 3  # 20 % of 15 clips, whole clips
     assert det.feature_mean_.shape == det.feature_std_.shape == (128,)
     assert det.feature_mean_.dtype == np.float32
-    assert 1 <= len(det.history_) <= FAST["epochs"]
+    assert 1 <= len(det.history_) <= 1000  # early-stopped
 
 
 def test_higher_score_means_more_anomalous(fitted_detector):
@@ -73,11 +74,13 @@ def test_save_load_round_trip_gives_identical_scores(fitted_detector, tmp_path):
 def test_model_json_describes_everything_needed(fitted_detector, tmp_path):
     m = json.loads((fitted_detector.save(tmp_path / "m") / "model.json").read_text())
     assert m["schema_version"] == 1 and m["sample_rate"] == 16_000
-    assert m["features"] == {"kind": "logmel", "sr": 16_000, "n_fft": 1024, "hop_length": 512, "n_mels": 128,
-                             "context": 5}
-    assert m["network"] == {"input_dim": 640, "hidden": [128, 128, 128, 128], "bottleneck": 8}
-    assert m["threshold"]["method"] == "percentile" and "value" in m["threshold"]
-    assert {"train", "validation"} <= set(m["scores"]) and m["scores"]["validation"]["n"] == 2
+    # 1 s training clips: the 10 s peak span shrinks to the 30 frames a clip has.
+    assert m["features"] == {"kind": "peak", "sr": 16_000, "n_fft": 1024, "hop_length": 512, "n_mels": 128,
+                             "context": 30, "stride": 16}
+    assert m["network"] == {"input_dim": 128, "hidden": [128, 128, 128, 128], "bottleneck": 8}
+    assert m["scorer"]["name"] == "mahalanobis"
+    assert m["threshold"]["method"] == "gamma" and "value" in m["threshold"]
+    assert {"train", "validation"} <= set(m["scores"]) and m["scores"]["validation"]["n"] == 3
     assert {"numpy", "torch", "scikit-learn"} <= set(m["versions"])
     assert set(m["files"]) == {"arrays.safetensors", "network.safetensors"}
 
@@ -124,6 +127,24 @@ def test_broken_model_directories_give_clear_errors(fitted_detector, tmp_path, b
 def test_missing_model_directory(tmp_path):
     with pytest.raises(ModelError, match="no such model directory"):
         Detector.load(tmp_path / "nothing")
+
+
+def test_default_detector_pools_peak_spectra_over_the_training_clip_length(fitted_detector):
+    cfg = fitted_detector.feature_config
+    assert (cfg.kind, cfg.context, cfg.stack, cfg.window_dims) == ("peak", 30, 1, 128)
+    assert fitted_detector.window_seconds() == pytest.approx((1024 + 29 * 512) / 16_000)
+    # 2 s = 61 frames: spans start at frames 0 and 16, and the last one ends at the last frame.
+    assert fitted_detector.window_scores(hum(2.0, seed=3)).shape == (3,)
+    with pytest.raises(AudioReadError, match="shorter than one feature window"):
+        fitted_detector.score([hum(0.5)])
+
+
+def test_frame_autoencoder_is_the_dcase_baseline(normal_arrays):
+    det = Detector(features="logmel", scorer="mse", **FAST).fit(normal_arrays)
+    assert det.network_config_.input_dim == 640
+    assert det.feature_config.context == 5
+    normal = det.score([hum(1.0, seed=s) for s in range(20, 23)])
+    assert det.score([clicks(1.0, seed=20)])[0] > normal.max()
 
 
 def test_raw_features_work_end_to_end(normal_arrays):

@@ -103,3 +103,9 @@ def test_gamma_threshold_extrapolates_beyond_the_largest_score():
 def test_bad_threshold_settings_quote_the_value(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         fit_threshold(np.ones(5), **kwargs)
+
+
+def test_gamma_threshold_with_too_few_scores_falls_back_to_their_percentile_and_says_so():
+    t = gamma_threshold(np.array([1.0, 2.0]), percentile=99)
+    assert t["method"] == "percentile" and t["value"] == pytest.approx(1.99)
+    assert "3+ distinct scores" in t["note"]

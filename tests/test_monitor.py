@@ -21,7 +21,7 @@ from machine_monitor.alerts import ALERT, ALERT_END, SIGNAL_LOST, SIGNAL_RESTORE
 from machine_monitor.audio.sources import ArraySource, FileSource, SourceLost
 from machine_monitor.monitor import AlertPolicy, Monitor, RingBuffer, StatusLine, WindowScorer
 from machine_monitor.synth import machine_sound
-from tests.conftest import FAST, RECORDINGS, SR
+from tests.conftest import FAST, PEAK, RECORDINGS, SR
 
 ONSET = 20.0
 
@@ -31,7 +31,7 @@ def train_demo_detector(out_dir: str):
     """A small detector on recordings/normal, saved to ``out_dir`` (once per test process)."""
     from machine_monitor import Detector
 
-    det = Detector(**FAST).fit(sorted((RECORDINGS / "normal").glob("*.wav")))
+    det = Detector(**PEAK).fit(sorted((RECORDINGS / "normal").glob("*.wav")))
     det.save(out_dir)
     return Detector.load(out_dir)
 
@@ -84,10 +84,19 @@ def test_ring_buffer_returns_any_recent_span_across_the_wrap():
         ring.get(16, 20)  # overwritten already
 
 
-def test_incremental_window_scores_equal_scoring_each_window_whole(detector):
+def test_peak_windows_are_scored_whole(detector):
+    # Peak spans do not tile frame by frame, so nothing is cached between hops.
+    assert detector.feature_config.kind == "peak"
+    assert not WindowScorer(detector).incremental
+
+
+def test_incremental_window_scores_equal_scoring_each_window_whole(recordings):
+    from machine_monitor import Detector
+
+    detector = Detector(features="logmel", **FAST).fit(sorted((recordings / "normal").glob("*.wav"))[:8])
     y = machine_sound(8.0, seed=31)
     mon = Monitor(detector, ArraySource(y, speed=0), window_seconds=2.0, hop_seconds=0.5)
-    assert mon.scorer.incremental  # the default scorer pools window scores: work is reused
+    assert mon.scorer.incremental  # frame windows pool into a clip score: work is reused
     ring = RingBuffer(len(y))
     ring.extend(y)
     scorer = WindowScorer(detector)
@@ -123,11 +132,12 @@ def test_episode_closes_after_the_quiet_period_and_a_new_one_can_open(detector):
     y = normal.copy()
     for a, b in ((10, 18), (50, 58)):
         y[a * SR:b * SR] = faulty[a * SR:b * SR]
-    _, summary, sink = run_monitor(detector, y, policy=AlertPolicy(quiet_seconds=10.0))
+    mon, summary, sink = run_monitor(detector, y, policy=AlertPolicy(quiet_seconds=10.0))
     assert sink.kinds() == [ALERT, ALERT_END, ALERT, ALERT_END]
     first_end = sink.events[1]
     assert first_end.reason == "quiet for 10 s"
-    assert 18 + 10 <= first_end.stream_seconds <= 18 + 10 + 3
+    # Windows hold the fault until one window length after it stops; then 10 s of quiet.
+    assert 18 + 10 <= first_end.stream_seconds <= 18 + mon.window_seconds + 10 + 1
     assert 50 < sink.events[2].stream_seconds <= 53
     assert summary.alerts == 2
 

@@ -27,12 +27,15 @@ def register(sub) -> None:
                    "on difference histograms (default with --anomalies: hist-rf)")
     g.add_argument("--anomalies", nargs="+", metavar="DIR_OR_FILE",
                    help="labelled fault recordings for a supervised post-classifier")
-    g.add_argument("--features", choices=("logmel", "raw"), default="logmel",
-                   help="log-mel (128 mels x 5 frames) or raw 16 kHz waveform frames")
-    g.add_argument("--scorer", default="mse", help="window score on the reconstruction: mse | mahalanobis")
+    g.add_argument("--features", choices=("peak", "logmel", "raw"), default=None,
+                   help="peak: per-band max of the log-mel over 10 s spans (ae default); logmel: 5 stacked "
+                   "log-mel frames (DCASE baseline; default of the other detectors); raw: 16 kHz waveform frames")
+    g.add_argument("--scorer", default=None,
+                   help="window score on the reconstruction: mahalanobis (default) | mse")
     g.add_argument("--aggregate", default="mean", help="clip score from window scores: mean | max | median | pNN")
     g.add_argument("--epochs", type=int, default=None,
-                   help="maximum training epochs (ae: default 100, early stopping on held-out clips; "
+                   help="maximum training epochs (ae: default 1000 for peak features, 100 for frame features, "
+                   "early stopping on held-out clips; "
                    "aegmm/vaegmm: default 30)")
     g.add_argument("--batch-size", type=int, default=256)
     g.add_argument("--lr", type=float, default=1e-3, help="learning rate")
@@ -43,8 +46,9 @@ def register(sub) -> None:
     t = p.add_argument_group("threshold")
     t.add_argument("--percentile", type=float, default=99.0,
                    help="alarm above this percentile of held-out normal clip scores")
-    t.add_argument("--threshold-method", choices=("percentile", "gamma"), default="percentile",
-                   help="percentile of the scores, or of a gamma distribution fitted to them")
+    t.add_argument("--threshold-method", choices=("gamma", "percentile"), default="gamma",
+                   help="percentile of a gamma distribution fitted to the held-out scores (extrapolates past the "
+                   "few clips held out), or of the scores themselves")
     t.add_argument("--contamination", type=positive_float, default=None, metavar="FRACTION",
                    help="instead, set the threshold from --threshold-data, a folder known to hold this "
                    "fraction of anomalies")
@@ -79,8 +83,9 @@ def run(args) -> int:
         det.set_threshold(mix, method="contamination", contamination=args.contamination)
     det.save(out)
     t = det.threshold_
-    how = (f"p{t['percentile']:g} of {t['n_scores']} held-out normal clips" if t["method"] == "percentile"
-           else f"{t['method']}, p{t['percentile']:g} of {t['n_scores']} clips")
+    how = {"percentile": f"p{t['percentile']:g} of {t['n_scores']} held-out normal clips",
+           "gamma": f"p{t['percentile']:g} of a gamma fitted to {t['n_scores']} held-out normal clips",
+           }.get(t["method"], f"{t['method']}, p{t['percentile']:g} of {t['n_scores']} clips")
     epochs = f"{len(det.history_)} epochs, " if args.detector in ("ae", "aegmm", "vaegmm") else ""
     print(f"saved {out}  threshold {t['value']:.4g} ({how}); {epochs}fit {det.fit_seconds_:.1f} s")
     return 0
@@ -102,13 +107,14 @@ def _anomaly_clips(args, find_audio_files) -> list:
 
 def _make_detector(args, Detector, ConfigError):
     """The detector the options ask for (unfitted)."""
-    common = dict(features=args.features, aggregate=args.aggregate, percentile=args.percentile,
+    features = args.features or ("peak" if args.detector == "ae" else "logmel")
+    common = dict(features=features, aggregate=args.aggregate, percentile=args.percentile,
                   threshold_method=args.threshold_method, val_fraction=args.val_fraction, seed=args.seed,
                   device=args.device, channel=args.channel, progress=args.progress)
     if args.detector == "ae":
-        scorer = args.post or ("hist-rf" if args.anomalies else args.scorer)
-        return Detector(scorer=scorer, epochs=args.epochs or 100, batch_size=args.batch_size, lr=args.lr, **common)
-    if args.post or args.anomalies or args.scorer != "mse":
+        scorer = args.post or ("hist-rf" if args.anomalies else args.scorer or "mahalanobis")
+        return Detector(scorer=scorer, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, **common)
+    if args.post or args.anomalies or args.scorer:
         raise ConfigError(f"--post, --anomalies and --scorer apply to --detector ae, not {args.detector}")
     from machine_monitor.persistence import make_detector
 
