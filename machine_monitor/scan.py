@@ -235,8 +235,12 @@ def pin_threads(n: int = 1) -> None:
 
 
 def _detector(model: str, channel: int | None):
-    """This process's detector for ``model``, loaded on first use."""
-    key = (model, channel)
+    """This process's detector for ``model``, loaded on first use (again if the model is re-saved)."""
+    try:
+        stamp = os.stat(Path(model) / "model.json").st_mtime_ns  # long-lived dask workers outlive a retrain
+    except OSError:
+        stamp = None  # Detector.load says what is wrong
+    key = (model, channel, stamp)
     det = _DETECTORS.get(key)
     if det is None:
         from machine_monitor.detector import Detector
