@@ -258,6 +258,13 @@ class HistogramIsolationForestScorer(_HistogramFeatures):
     name = "iforest"
     supervised = False
 
+    def __init__(self, *, aggregate: str = "mean", context: int = 5, n_estimators: int = 500, seed: int = 0,
+                 bins: int = 8, value_range: float = 10.0, bands: int = 16, top_fraction: float = 0.1):
+        # Coarser than the forest's histograms: an isolation forest only splits within the
+        # range it saw, so bins that normal clips leave empty would never count.
+        super().__init__(aggregate=aggregate, context=context, n_estimators=n_estimators, seed=seed, bins=bins,
+                         value_range=value_range, bands=bands, top_fraction=top_fraction)
+
     def _fit_estimator(self, X, y):
         from sklearn.ensemble import IsolationForest
 

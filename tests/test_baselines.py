@@ -49,3 +49,14 @@ def test_save_load_round_trip_gives_identical_scores(fitted, tmp_path):
 def test_peak_features_are_refused():
     with pytest.raises(ConfigError, match="logmel or raw"):
         IForestDetector(features="peak").fit([hum(), hum(seed=1)])
+
+
+@pytest.mark.realaudio
+@pytest.mark.slow
+@pytest.mark.parametrize("cls", [OCSVMDetector, IForestDetector], ids=["ocsvm", "iforest"])
+def test_trains_on_the_valve_split_and_reloads_identically(cls, valve_split, tmp_path):
+    det = cls(seed=0).fit(valve_split["train"])
+    scores = det.score(valve_split["test"][:30])
+    assert scores.shape == (30,) and np.isfinite(scores).all() and np.isfinite(det.threshold_value_)
+    assert det.clip_seconds_ == pytest.approx(10.0)
+    assert np.array_equal(Detector.load(det.save(tmp_path / "m")).score(valve_split["test"][:5]), scores[:5])

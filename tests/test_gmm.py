@@ -70,3 +70,13 @@ def test_a_tampered_weight_file_is_refused(fitted, tmp_path):
         f.write(b"\0\0\0\0")
     with pytest.raises(ModelError, match="sha256"):
         Detector.load(path)
+
+
+@pytest.mark.realaudio
+@pytest.mark.slow
+@pytest.mark.parametrize("cls", [AEGMMDetector, VAEGMMDetector], ids=["aegmm", "vaegmm"])
+def test_trains_on_the_valve_split_and_reloads_identically(cls, valve_split, tmp_path):
+    det = cls(epochs=3, seed=0).fit(valve_split["train"])
+    scores = det.score(valve_split["test"][:30])
+    assert scores.shape == (30,) and np.isfinite(scores).all() and np.isfinite(det.threshold_value_)
+    assert np.array_equal(Detector.load(det.save(tmp_path / "m")).score(valve_split["test"][:5]), scores[:5])
