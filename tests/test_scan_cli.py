@@ -122,7 +122,7 @@ def test_html_report_is_self_contained_with_table_histogram_and_spectrograms(mod
     assert scan(model_dir, archive, "--report", report, "--format", "csv") == 2
     page = report.read_text()
     assert page.startswith("<!doctype html>")
-    images = re.findall(r"src='(data:image/png;base64,[A-Za-z0-9+/=]+)'", page)
+    images = re.findall(r"src='(data:image/(?:png|jpeg);base64,[A-Za-z0-9+/=]+)'", page)
     assert len(images) == 1 + 2  # the histogram and one spectrogram per anomaly
     assert "threshold" in page and "2</b>" in page  # summary: 2 anomalous files
     assert not re.search(r"(src|href)=['\"]?https?:", page)  # nothing fetched from the network
