@@ -6,7 +6,6 @@ and :mod:`machine_monitor.report` (the HTML report).
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -20,17 +19,19 @@ EPILOG = ("exit codes: 0 all files normal; 1 anomalies found; 2 at least one fil
           "130 interrupted (rows finished so far are kept)")
 
 
-def default_workers() -> int:
+def default_workers(cap: int = 8) -> int:
+    """The CPUs this process may use, at most ``cap`` (each worker holds ~200-400 MB of torch)."""
     try:
-        return len(os.sched_getaffinity(0))
+        n = len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
+        n = os.cpu_count() or 1
+    return max(1, min(n, cap))
 
 
 def register(sub) -> None:
     p = sub.add_parser("scan", help=HELP, description=HELP + ": one row per file, worst first. Files longer "
                        "than the model's clip length are scored in clip-long windows; the file score is the "
-                       "worst window's.", epilog=EPILOG, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       "worst window's.", epilog=EPILOG)
     add_model_arg(p)
     p.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR",
                    help="audio files, or folders scanned for .wav .flac .ogg .oga .opus .mp3 .aiff .aif .au")
@@ -41,17 +42,17 @@ def register(sub) -> None:
     o.add_argument("-f", "--format", choices=("table", "csv", "jsonl"), default=None,
                    help="row format (default: from the --output suffix .csv/.jsonl, else table)")
     o.add_argument("--order", choices=("score", "input", "completion"), default="score",
-                   help="row order: worst score first (errors last), input order, or as files complete "
-                   "(streams to stdout)")
+                   help="row order: worst score first, errors last (default); input order; or as files "
+                   "complete (streams to stdout)")
     o.add_argument("--resume", action="store_true",
                    help="skip files already scored in --output (csv/jsonl) and add the rest; error rows are retried")
     o.add_argument("--report", metavar="HTML", help="also write a self-contained HTML report")
     o.add_argument("--report-top", type=int, default=10, metavar="N",
-                   help="spectrograms for the N worst anomalies in the report")
+                   help="spectrograms for the N worst anomalies in the report (default: 10)")
     w = p.add_argument_group("work")
     w.add_argument("-j", "--workers", type=int, default=default_workers(), metavar="N",
                    help="worker processes (each loads the model once, one BLAS/torch thread each); 1 = in this "
-                   "process")
+                   "process (default: the CPUs available, at most 8)")
     w.add_argument("--dask", metavar="ADDRESS",
                    help="run on an existing dask.distributed cluster (scheduler address, e.g. tcp://host:8786); "
                    "its workers must see the model and files under the same paths")
