@@ -157,10 +157,10 @@ def test_a_skops_file_with_a_type_outside_the_allow_list_is_refused(hist_rf_dete
 
 @pytest.fixture(scope="module")
 def valve_hist_rf(valve_split):
-    """Log-mel AE on the training list; forest also given the first 40 anomalous test clips."""
+    """The default front-end's AE on the training list; the forest also gets the first 40 anomalous test clips."""
     anomalies = [p for p, label in zip(valve_split["test"], valve_split["labels"]) if label][:40]
-    det = Detector(features="logmel", scorer="hist-rf", scorer_params={"n_estimators": 100}, epochs=10, patience=3,
-                   seed=0).fit(valve_split["train"], anomalies=anomalies)
+    det = Detector(scorer="hist-rf", scorer_params={"n_estimators": 100}, seed=0).fit(valve_split["train"],
+                                                                                      anomalies=anomalies)
     return det, anomalies
 
 
@@ -173,20 +173,23 @@ def test_hist_rf_cross_validated_on_valve_beats_the_reconstruction_error(valve_h
     y = valve_split["labels"]
     # The network trained on normal training clips only; forests are cross-validated over the test clips.
     recons = [det.reconstruct_signal(det.load_signal(p)) for p in valve_split["test"]]
-    oof = out_of_fold_scores(make_scorer("hist-rf", context=5, n_estimators=100), recons, y, seed=0)
+    oof = out_of_fold_scores(make_scorer("hist-rf", context=det.scorer_.context, n_estimators=100), recons, y,
+                             seed=0)
     mse = [float(np.mean(np.square(r.residual))) for r in recons]
-    # Measured: 0.93 (hist-rf, 5-fold CV) against 0.54 (mean squared error).
-    assert roc_auc_score(y, oof) > 0.85 > 0.65 > roc_auc_score(y, mse)
+    # Measured (seed 0): 0.997 for hist-rf, 5-fold CV, against 0.925 for the mean squared error.
+    assert roc_auc_score(y, oof) >= 0.97 > roc_auc_score(y, mse)
 
 
 @pytest.mark.realaudio
 @pytest.mark.slow
-def test_hist_rf_detector_on_valve_saves_loads_and_flags_unseen_faults(valve_hist_rf, valve_split, tmp_path):
+def test_hist_rf_detector_on_valve_flags_unseen_faults_and_reloads_identically(valve_hist_rf, valve_split, tmp_path):
+    from sklearn.metrics import roc_auc_score
+
     det, seen = valve_hist_rf
     assert det.n_anomalies_ == 40 and np.isfinite(det.threshold_value_)
     rest = [p for p in valve_split["test"] if p not in seen]
     labels = np.array([int(label) for p, label in zip(valve_split["test"], valve_split["labels"]) if p not in seen])
-    scores = det.score(rest)
-    assert scores[labels == 1].mean() > scores[labels == 0].mean()
+    scores = det.score(rest)  # 50 normal clips and 60 faults the forest never saw
+    assert roc_auc_score(labels, scores) >= 0.95  # measured: 0.997
     loaded = Detector.load(det.save(tmp_path / "valve"))
     assert np.array_equal(loaded.score(rest[:10]), scores[:10])
