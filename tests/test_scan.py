@@ -73,6 +73,25 @@ def test_a_long_file_is_scored_per_window_and_its_score_is_the_worst_window(fitt
     assert overlapping.n_segments == 11 and overlapping.worst_offset == 3.5  # exactly on the fault
 
 
+def test_a_long_multichannel_48k_file_is_streamed_like_its_16k_mono_mix(fitted_detector, tmp_path):
+    import soxr
+
+    sr = 48_000
+    left = soxr.resample(hum(4.0, seed=1), SR, sr)
+    right = left.copy()
+    right[2 * sr:3 * sr] += np.where(np.arange(sr) % (sr // 20) == 0, 0.8, 0.0)  # clicks in one channel
+    stereo = np.stack([left, right], axis=1).astype(np.float32)
+    path = tmp_path / "stereo48k.wav"
+    sf.write(path, stereo, sr, subtype="PCM_24")
+
+    row = score_file(fitted_detector, path)
+    mono16 = soxr.resample(stereo.mean(axis=1), sr, SR, quality="HQ")
+    windows = [fitted_detector.score_signal(mono16[s:s + SR]) for s in range(0, 4 * SR, SR)]
+    assert (row.n_segments, row.duration) == (4, 4.0)
+    assert row.worst_offset == float(np.argmax(windows))
+    assert row.score == pytest.approx(max(windows), rel=1e-3)
+
+
 def test_silent_stretches_of_a_long_file_are_skipped_not_errors(fitted_detector, tmp_path):
     y = hum(4.0, seed=5)
     y[SR:3 * SR] = 0.0  # the machine was off for two seconds
