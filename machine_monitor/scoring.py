@@ -167,4 +167,7 @@ def make_scorer(name: str, **params) -> Scorer:
         cls = SCORERS[name]
     except KeyError:
         raise ConfigError(f"scorer must be one of {', '.join(sorted(SCORERS))}, not {name!r}") from None
-    return cls(**params)
+    try:
+        return cls(**params)
+    except TypeError as exc:  # a parameter this scorer does not have
+        raise ConfigError(f"scorer {name!r}: {exc}") from None

@@ -70,6 +70,11 @@ def test_forests_score_the_probability_of_the_anomaly_class(labelled, name):
     assert scorer.window_scores(recons[0]).shape == (30,)
 
 
+def test_an_unknown_scorer_parameter_is_a_config_error():
+    with pytest.raises(ConfigError, match="'hist-rf'.*trees"):
+        make_scorer("hist-rf", trees=5)
+
+
 def test_supervised_forest_needs_both_classes(labelled):
     recons, y = labelled
     with pytest.raises(ConfigError, match="labelled anomalies"):
