@@ -166,6 +166,40 @@ class Detector:
         if self.threshold_method not in ("percentile", "gamma"):
             raise ConfigError(f"threshold_method must be percentile or gamma, not {self.threshold_method!r}")
 
+    def _prepare(self, clips: list, config: FeatureConfig) -> tuple[list[np.ndarray], np.ndarray]:
+        """Load clips, fit ``config`` to them, hold out whole clips, standardise.
+
+        Sets ``feature_config_``, ``clip_seconds_``, ``val_clips_``, ``feature_mean_`` and
+        ``feature_std_``; returns every clip's standardised units and the training clip ids.
+        """
+        from tqdm.auto import tqdm
+
+        # Load with the shortest span a peak model can have; the span is fitted to the clips below.
+        self.feature_config_ = cfg = config.fitted_to(1)
+        per_clip, seconds = [], []
+        for i, clip in enumerate(tqdm(clips, desc="features", unit="clip", disable=not self.progress, leave=False)):
+            y_ = self.load_signal(clip, i)
+            seconds.append(y_.size / cfg.sr)
+            per_clip.append(frames(y_, cfg))
+        self.clip_seconds_ = float(np.median(seconds))
+        self.feature_config_ = cfg = config.fitted_to(min(map(len, per_clip)))
+        per_clip = [cfg.units(f) for f in per_clip]
+
+        order = np.random.default_rng(self.seed).permutation(len(clips))
+        n_val = min(len(clips) - 1, max(1, int(round(self.val_fraction * len(clips)))))
+        self.val_clips_ = np.sort(order[:n_val])
+        train_ids = np.sort(order[n_val:])
+
+        # Standardisation from training units; float64 sums, float32 data.
+        train_f = np.concatenate([per_clip[i] for i in train_ids])
+        self.feature_mean_ = train_f.mean(axis=0, dtype=np.float64).astype(np.float32)
+        self.feature_std_ = np.maximum(train_f.std(axis=0, dtype=np.float64), 1e-3).astype(np.float32)
+        del train_f
+        for f in per_clip:
+            f -= self.feature_mean_
+            f /= self.feature_std_
+        return per_clip, train_ids
+
     def fit(self, clips: Iterable, y=None, *, anomalies: Iterable | None = None) -> Detector:
         """Learn "normal" from clips of normal machine sound.
 
@@ -198,35 +232,8 @@ class Detector:
             raise ConfigError(f"scorer {self.scorer!r} learns from normal clips only; to use labelled anomalies "
                               "choose scorer hist-rf or diff-rf")
         t0 = time.perf_counter()
-        # Load with the shortest span a peak model can have; the span is fitted to the clips below.
-        self.feature_config_ = cfg = FeatureConfig.for_kind(self.features).fitted_to(1)
-
-        per_clip, seconds = [], []
-        from tqdm.auto import tqdm
-
-        for i, clip in enumerate(tqdm(clips, desc="features", unit="clip", disable=not self.progress, leave=False)):
-            y_ = self.load_signal(clip, i)
-            seconds.append(y_.size / cfg.sr)
-            per_clip.append(frames(y_, cfg))
-        self.clip_seconds_ = float(np.median(seconds))
-        self.feature_config_ = cfg = FeatureConfig.for_kind(self.features).fitted_to(min(map(len, per_clip)))
-        per_clip = [cfg.units(f) for f in per_clip]
-
-        rng = np.random.default_rng(self.seed)
-        order = rng.permutation(len(clips))
-        n_val = min(len(clips) - 1, max(1, int(round(self.val_fraction * len(clips)))))
-        self.val_clips_ = np.sort(order[:n_val])
-        train_ids = np.sort(order[n_val:])
-
-        # Standardisation from training frames; float64 sums, float32 data.
-        train_f = np.concatenate([per_clip[i] for i in train_ids])
-        self.feature_mean_ = train_f.mean(axis=0, dtype=np.float64).astype(np.float32)
-        self.feature_std_ = np.maximum(train_f.std(axis=0, dtype=np.float64), 1e-3).astype(np.float32)
-        del train_f
-        for f in per_clip:
-            f -= self.feature_mean_
-            f /= self.feature_std_
-
+        per_clip, train_ids = self._prepare(clips, FeatureConfig.for_kind(self.features))
+        cfg = self.feature_config_
         ctx = cfg.stack
         train_frames = np.concatenate([per_clip[i] for i in train_ids])
         val_frames = np.concatenate([per_clip[i] for i in self.val_clips_])

@@ -22,7 +22,7 @@ import numpy as np
 
 from machine_monitor.detector import Detector, score_stats
 from machine_monitor.errors import ConfigError, ModelError
-from machine_monitor.features import FeatureConfig, frames, gather_windows, stack_frames, window_index
+from machine_monitor.features import FeatureConfig, gather_windows, stack_frames, window_index
 from machine_monitor.scoring import aggregate
 from machine_monitor.threshold import DEFAULT_PERCENTILE, fit_threshold
 
@@ -116,32 +116,15 @@ class WindowedDetector(Detector):
     # -- fitting ---------------------------------------------------------------
     def fit(self, clips, y=None) -> WindowedDetector:
         """Learn "normal" from normal clips; threshold from the held-out ``val_fraction``."""
-        from tqdm.auto import tqdm
 
         clips = list(clips)
         self._check_params(len(clips))
         if self.features not in ("logmel", "raw"):
             raise ConfigError(f"a {self.kind} detector works on logmel or raw frames, not {self.features!r}")
         t0 = time.perf_counter()
-        self.feature_config_ = cfg = FeatureConfig.for_kind(self.features, context=int(self.context))
-        per_clip, seconds = [], []
-        for i, clip in enumerate(tqdm(clips, desc="features", unit="clip", disable=not self.progress, leave=False)):
-            y_ = self.load_signal(clip, i)
-            seconds.append(y_.size / cfg.sr)
-            per_clip.append(frames(y_, cfg))
-        self.clip_seconds_ = float(np.median(seconds))
-        # The same seeded whole-clip split as Detector.fit.
-        order = np.random.default_rng(self.seed).permutation(len(clips))
-        n_val = min(len(clips) - 1, max(1, int(round(self.val_fraction * len(clips)))))
-        self.val_clips_ = np.sort(order[:n_val])
-        train_ids = np.sort(order[n_val:])
-        train_f = np.concatenate([per_clip[i] for i in train_ids])
-        self.feature_mean_ = train_f.mean(axis=0, dtype=np.float64).astype(np.float32)
-        self.feature_std_ = np.maximum(train_f.std(axis=0, dtype=np.float64), 1e-3).astype(np.float32)
-        del train_f
-        for f in per_clip:
-            f -= self.feature_mean_
-            f /= self.feature_std_
+        # The same loading, seeded whole-clip split and standardisation as Detector.fit.
+        per_clip, train_ids = self._prepare(clips, FeatureConfig.for_kind(self.features, context=int(self.context)))
+        cfg = self.feature_config_
         self.history_ = self._fit_model(WindowSampler([per_clip[i] for i in train_ids], cfg.context),
                                         WindowSampler([per_clip[i] for i in self.val_clips_], cfg.context))
         scores = np.array([aggregate(self._window_scores(stack_frames(f, context=cfg.context)), self.aggregate)
