@@ -4,7 +4,7 @@ Trains the default detector for one epoch on the valve split's 50 training clips
 listed 20 times (1,000 clips, 10,000 s of audio), and reports the peak resident memory of
 the process and the size of the frame matrix the training set is built from.
 
-    OMP_NUM_THREADS=2 python benchmarks/bench_fit_memory.py [--repeat 20]
+    OMP_NUM_THREADS=2 python benchmarks/bench_fit_memory.py [--repeat 20] [--features peak|logmel]
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ def rss_mb() -> float:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeat", type=int, default=20, help="times each of the 50 training clips is listed")
+    ap.add_argument("--features", default="peak", help="peak (default detector) or logmel (5-frame windows)")
     args = ap.parse_args(argv)
     if not SPLIT.is_file():
         print(f"shared data not found at {SPLIT}", file=sys.stderr)
@@ -38,13 +39,15 @@ def main(argv=None) -> int:
     clips = [base / p for p in split["train"]] * args.repeat
     before = rss_mb()
     t0 = time.perf_counter()
-    det = Detector(epochs=1, patience=1).fit(clips)
+    det = Detector(features=args.features, epochs=1, patience=1).fit(clips)
     seconds = time.perf_counter() - t0
-    frames = det.n_clips_ * det.feature_config.n_frames(int(det.clip_seconds_ * 16_000))
-    frame_mb = frames * det.feature_config.frame_dims * 4 / 2**20
-    print(f"clips {len(clips)}  audio {len(clips) * det.clip_seconds_:.0f} s  fit(1 epoch) {seconds:.1f} s")
-    print(f"float32 frame matrix {frame_mb:.0f} MB (windows gathered per batch: x{det.feature_config.context} "
-          f"would be {frame_mb * det.feature_config.context:.0f} MB)")
+    cfg = det.feature_config
+    frames = det.n_clips_ * cfg.n_frames(int(det.clip_seconds_ * 16_000))
+    frame_mb = frames * cfg.n_mels * 4 / 2**20
+    print(f"features {cfg.kind}  clips {len(clips)}  audio {len(clips) * det.clip_seconds_:.0f} s  "
+          f"fit(1 epoch) {seconds:.1f} s")
+    print(f"float32 log-mel frames {frame_mb:.0f} MB while loading; network inputs x{cfg.stack} frames each, "
+          "gathered per batch (never all windows at once)")
     print(f"peak RSS {rss_mb():.0f} MB (interpreter + torch + libraries before fit: {before:.0f} MB)")
     return 0
 
