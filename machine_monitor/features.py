@@ -23,6 +23,7 @@ import dataclasses
 from functools import lru_cache
 
 import numpy as np
+import scipy.fft
 from numpy.lib.stride_tricks import sliding_window_view
 
 from machine_monitor.errors import ConfigError
@@ -131,7 +132,8 @@ def logmel_frames(
     if y.size < n_fft:
         return np.zeros((0, n_mels), dtype=np.float32)
     frames = sliding_window_view(y, n_fft)[::hop_length]
-    spec = np.fft.rfft(frames * _hann(n_fft), axis=1)
+    # scipy's pocketfft keeps float32 as complex64: ~3x faster than numpy's rfft here.
+    spec = scipy.fft.rfft(frames * _hann(n_fft), axis=1)
     power = (spec.real**2 + spec.imag**2).astype(np.float32)
     mel = power @ _mel_basis(sr, n_fft, n_mels).T
     return (10.0 * np.log10(mel + LOG_EPS)).astype(np.float32)
