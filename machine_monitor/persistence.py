@@ -236,10 +236,7 @@ def load_detector(path: str | os.PathLike, *, device: str | None = None):
         state = load_torch(str(root / NETWORK_FILE))
     except (SafetensorError, OSError) as exc:
         raise ModelError(f"{root}: cannot read weights ({exc})") from None
-    for key in ("feature_mean", "feature_std"):
-        if arrays.get(key) is None or arrays[key].shape != (cfg.frame_dims,):
-            raise ModelError(f"{root / ARRAYS_FILE}: {key} does not match {cfg.frame_dims} feature dims")
-    det.feature_mean_, det.feature_std_ = arrays["feature_mean"], arrays["feature_std"]
+    set_standardisation(det, arrays, root)
 
     net = DenseAutoencoder(net_cfg)
     try:
@@ -252,11 +249,26 @@ def load_detector(path: str | os.PathLike, *, device: str | None = None):
     if m["scorer"].get("estimators"):
         scorer.set_estimators(_load_skops(root / SKOPS_FILE))
     det.scorer_ = scorer
+    det.n_anomalies_ = train.get("n_anomalies", 0)
+    return restore_fit_record(det, m, root)
+
+
+def set_standardisation(det, arrays: dict, root: Path) -> None:
+    """Restore ``feature_mean_``/``feature_std_``, refusing arrays that do not fit the features."""
+    cfg = det.feature_config_
+    for key in ("feature_mean", "feature_std"):
+        if arrays.get(key) is None or arrays[key].shape != (cfg.frame_dims,):
+            raise ModelError(f"{root / ARRAYS_FILE}: {key} does not match {cfg.frame_dims} feature dims")
+    det.feature_mean_, det.feature_std_ = arrays["feature_mean"], arrays["feature_std"]
+
+
+def restore_fit_record(det, m: dict, root: Path):
+    """Restore the threshold and what ``fit`` recorded (history, clips, scores) from ``model.json``."""
+    train = m.get("training", {})
     det.threshold_ = m["threshold"]
     det.history_ = train.get("history", [])
     det.fit_seconds_ = train.get("fit_seconds")
     det.n_clips_ = train.get("n_clips")
-    det.n_anomalies_ = train.get("n_anomalies", 0)
     det.val_clips_ = np.asarray(train.get("val_clips", []), dtype=np.int64)
     det.clip_seconds_ = train.get("clip_seconds")
     det.train_scores_ = np.asarray(m["scores"].get("train_values", []), dtype=np.float64)

@@ -197,7 +197,15 @@ class WindowedDetector(Detector):
         from safetensors import SafetensorError
         from safetensors.numpy import load_file as load_np
 
-        from machine_monitor.persistence import ARRAYS_FILE, MANIFEST, NETWORK_FILE, SKOPS_FILE, load_estimators
+        from machine_monitor.persistence import (
+            ARRAYS_FILE,
+            MANIFEST,
+            NETWORK_FILE,
+            SKOPS_FILE,
+            load_estimators,
+            restore_fit_record,
+            set_standardisation,
+        )
 
         files = m.get("files") or {}
         try:
@@ -217,10 +225,7 @@ class WindowedDetector(Detector):
             arrays = load_np(str(root / ARRAYS_FILE))
         except (SafetensorError, OSError) as exc:
             raise ModelError(f"{root}: cannot read arrays ({exc})") from None
-        for key in ("feature_mean", "feature_std"):
-            if arrays.get(key) is None or arrays[key].shape != (cfg.frame_dims,):
-                raise ModelError(f"{root / ARRAYS_FILE}: {key} does not match {cfg.frame_dims} feature dims")
-        det.feature_mean_, det.feature_std_ = arrays["feature_mean"], arrays["feature_std"]
+        set_standardisation(det, arrays, root)
         try:
             det._set_model_arrays({k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith("model.")})
             if cls.NETWORK:
@@ -229,18 +234,7 @@ class WindowedDetector(Detector):
             raise ModelError(f"{root}: model parts do not match model.json ({exc})") from None
         if model.get("estimators"):
             det._set_estimators(load_estimators(root / SKOPS_FILE))
-        train = m.get("training", {})
-        det.threshold_ = m["threshold"]
-        det.history_ = train.get("history", [])
-        det.fit_seconds_ = train.get("fit_seconds")
-        det.n_clips_ = train.get("n_clips")
-        det.val_clips_ = np.asarray(train.get("val_clips", []), dtype=np.int64)
-        det.clip_seconds_ = train.get("clip_seconds")
-        det.train_scores_ = np.asarray(m["scores"].get("train_values", []), dtype=np.float64)
-        det.val_scores_ = np.asarray(m["scores"].get("validation_values", []), dtype=np.float64)
-        det.manifest_ = m
-        det.model_dir_ = root
-        return det
+        return restore_fit_record(det, m, root)
 
     def _load_network(self, path: Path, model: dict, device: str | None) -> None:
         import torch
