@@ -43,6 +43,7 @@ class FeatureConfig:
     n_mels: int = 128
     context: int = 5
     stride: int = 1
+    fmax: float | None = None  # top of the mel filterbank; None = sr / 2
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -78,6 +79,13 @@ class FeatureConfig:
     def window_dims(self) -> int:
         return self.frame_dims * self.stack
 
+    def window_starts(self, n_samples: int) -> np.ndarray:
+        """Start (in samples) of each network input window of a signal of ``n_samples``."""
+        n = self.n_frames(n_samples)
+        stride = self.stride if self.kind == "peak" else 1
+        span = self.context if self.kind == "peak" else self.stack
+        return span_starts(n, context=span, stride=stride) * self.hop_length
+
     def units(self, f: np.ndarray) -> np.ndarray:
         """What the network's inputs are stacked from: frames, or pooled peak spectra."""
         return peak_windows(f, context=self.context, stride=self.stride) if self.kind == "peak" else f
@@ -97,10 +105,10 @@ class FeatureConfig:
 
 
 @lru_cache(maxsize=8)
-def _mel_basis(sr: int, n_fft: int, n_mels: int) -> np.ndarray:
+def _mel_basis(sr: int, n_fft: int, n_mels: int, fmax: float | None = None) -> np.ndarray:
     import librosa  # heavy import, only when a log-mel is first needed
 
-    return librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels).astype(np.float32)
+    return librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmax=fmax).astype(np.float32)
 
 
 @lru_cache(maxsize=8)
@@ -110,7 +118,8 @@ def _hann(n_fft: int) -> np.ndarray:
 
 
 def logmel_frames(
-    y: np.ndarray, *, sr: int = 16_000, n_fft: int = 1024, hop_length: int = 512, n_mels: int = 128
+    y: np.ndarray, *, sr: int = 16_000, n_fft: int = 1024, hop_length: int = 512, n_mels: int = 128,
+    fmax: float | None = None,
 ) -> np.ndarray:
     """Log-mel power spectrogram with an absolute reference.
 
@@ -135,7 +144,7 @@ def logmel_frames(
     # scipy's pocketfft keeps float32 as complex64: ~3x faster than numpy's rfft here.
     spec = scipy.fft.rfft(frames * _hann(n_fft), axis=1)
     power = (spec.real**2 + spec.imag**2).astype(np.float32)
-    mel = power @ _mel_basis(sr, n_fft, n_mels).T
+    mel = power @ _mel_basis(sr, n_fft, n_mels, fmax).T
     return (10.0 * np.log10(mel + LOG_EPS)).astype(np.float32)
 
 
@@ -159,8 +168,23 @@ def raw_frames(y: np.ndarray, *, hop_length: int = 256) -> np.ndarray:
 def frames(y: np.ndarray, config: FeatureConfig) -> np.ndarray:
     """Frames of ``y`` for ``config``: ``(n_frames, n_dims)`` float32 (log-mel for ``peak`` too)."""
     if config.kind != "raw":
-        return logmel_frames(y, sr=config.sr, n_fft=config.n_fft, hop_length=config.hop_length, n_mels=config.n_mels)
+        return logmel_frames(y, sr=config.sr, n_fft=config.n_fft, hop_length=config.hop_length, n_mels=config.n_mels,
+                             fmax=config.fmax)
     return raw_frames(y, hop_length=config.hop_length)
+
+
+def span_starts(n_frames: int, *, context: int, stride: int = 1) -> np.ndarray:
+    """First frame of each span of ``context`` frames, ``stride`` apart, the last ending at the end.
+
+    Returns
+    -------
+    np.ndarray [shape=(n_spans,), dtype=int64]
+    """
+    n = n_frames - context + 1
+    if n <= 0:
+        return np.zeros(0, dtype=np.int64)
+    starts = np.arange(0, n, stride, dtype=np.int64)
+    return starts if starts[-1] == n - 1 else np.append(starts, n - 1)
 
 
 def peak_windows(f: np.ndarray, *, context: int = 311, stride: int = 16) -> np.ndarray:
@@ -177,12 +201,9 @@ def peak_windows(f: np.ndarray, *, context: int = 311, stride: int = 16) -> np.n
     np.ndarray [shape=(n_spans, d), dtype=float32]
         ``n_spans = ceil((n_frames - context) / stride) + 1``; zero rows if ``n_frames < context``.
     """
-    n = f.shape[0] - context + 1
-    if n <= 0:
+    starts = span_starts(f.shape[0], context=context, stride=stride)
+    if starts.size == 0:
         return np.zeros((0, f.shape[1]), dtype=np.float32)
-    starts = np.arange(0, n, stride)
-    if starts[-1] != n - 1:
-        starts = np.append(starts, n - 1)
     if context == 1:
         return np.ascontiguousarray(f[starts], dtype=np.float32)
     # Running max via a doubling sparse table: O(n log context), no (n, context, d) view copied.

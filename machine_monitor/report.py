@@ -104,10 +104,10 @@ def worst_window_figure(row: ScanRow, det, *, seconds: float | None = None) -> s
     offset = row.worst_offset or 0.0
     y = read_excerpt(row.path, offset=offset, seconds=seconds, sr=cfg.sr, channel=det.channel)
     mel_cfg = cfg if cfg.kind == "logmel" else FeatureConfig.for_kind("logmel", sr=cfg.sr)
-    spec = logmel_frames(y, sr=mel_cfg.sr, n_fft=mel_cfg.n_fft, hop_length=mel_cfg.hop_length, n_mels=mel_cfg.n_mels)
+    spec = logmel_frames(y, sr=mel_cfg.sr, n_fft=mel_cfg.n_fft, hop_length=mel_cfg.hop_length, n_mels=mel_cfg.n_mels,
+                         fmax=mel_cfg.fmax)
     ws = det.window_scores(y)  # the network's view of each feature window in this excerpt
-    hop_s = cfg.hop_length / cfg.sr
-    t = offset + np.arange(ws.size) * hop_s
+    t = offset + cfg.window_starts(y.size) / cfg.sr
 
     fig = Figure(figsize=(9, 4))
     ax, ax2 = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})

@@ -11,7 +11,9 @@ from machine_monitor.features import (
     frames,
     gather_windows,
     logmel_frames,
+    peak_windows,
     raw_frames,
+    span_starts,
     stack_frames,
     window_index,
 )
@@ -73,3 +75,21 @@ def test_default_configs_match_the_dcase_front_end_and_the_raw_frames():
 def test_bad_feature_kind_is_a_config_error():
     with pytest.raises(ConfigError, match="'mfcc'"):
         FeatureConfig(kind="mfcc")
+
+
+@pytest.mark.parametrize("kind, seconds", [("peak", 10.0), ("peak", 30.0), ("logmel", 2.0), ("raw", 1.0)])
+def test_window_starts_give_one_start_per_network_window(kind, seconds):
+    cfg = FeatureConfig.for_kind(kind)
+    y = hum(seconds)
+    n_windows = stack_frames(cfg.units(frames(y, cfg)), context=cfg.stack).shape[0]
+    starts = cfg.window_starts(y.size)
+    assert starts.shape == (n_windows,) and starts[0] == 0
+    # The last window ends inside the signal, one window length after its start.
+    assert starts[-1] + cfg.min_samples <= y.size
+
+
+def test_peak_spans_take_each_bands_maximum_and_end_at_the_last_frame():
+    f = np.arange(20, dtype=np.float32)[:, None] * np.array([[1.0, -1.0]], np.float32)
+    w = peak_windows(f, context=8, stride=5)
+    assert span_starts(20, context=8, stride=5).tolist() == [0, 5, 10, 12]
+    assert w.tolist() == [[7, 0], [12, -5], [17, -10], [19, -12]]
