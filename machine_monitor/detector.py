@@ -182,11 +182,22 @@ class Detector:
             seconds.append(y_.size / cfg.sr)
             per_clip.append(frames(y_, cfg))
         self.clip_seconds_ = float(np.median(seconds))
-        self.feature_config_ = cfg = config.fitted_to(min(map(len, per_clip)))
-        per_clip = [cfg.units(f) for f in per_clip]
+        # A peak span fits the typical clip: a stray short one (the partial last clip of a
+        # recording) is left out rather than shrinking every window of the model.
+        lengths = np.array([len(f) for f in per_clip])
+        self.feature_config_ = cfg = config.fitted_to(int(np.median(lengths)))
+        keep = lengths >= (cfg.context if cfg.kind == "peak" else 1)
+        self.skipped_clips_ = [clip_name(c, i) for i, c in enumerate(clips) if not keep[i]]
+        for name in self.skipped_clips_:
+            log.warning("%s: shorter than the other clips' %.2f s span: not used for training",
+                        name, cfg.min_samples / cfg.sr)
+        per_clip = [cfg.units(f) for f, k in zip(per_clip, keep) if k]
+        if len(per_clip) < 2:
+            raise ConfigError(f"need at least 2 clips as long as the {cfg.min_samples / cfg.sr:.2f} s span, "
+                              f"got {len(per_clip)}")
 
-        order = np.random.default_rng(self.seed).permutation(len(clips))
-        n_val = min(len(clips) - 1, max(1, int(round(self.val_fraction * len(clips)))))
+        order = np.random.default_rng(self.seed).permutation(len(per_clip))
+        n_val = min(len(per_clip) - 1, max(1, int(round(self.val_fraction * len(per_clip)))))
         self.val_clips_ = np.sort(order[:n_val])
         train_ids = np.sort(order[n_val:])
 
@@ -275,7 +286,7 @@ class Detector:
         self.val_scores_ = scores[self.val_clips_]
         self.threshold_ = fit_threshold(self.val_scores_, method=self.threshold_method, percentile=self.percentile)
         self.fit_seconds_ = time.perf_counter() - t0
-        self.n_clips_ = len(clips)
+        self.n_clips_ = len(per_clip)
         return self
 
     # -- scoring -----------------------------------------------------------

@@ -112,6 +112,7 @@ def save_detector(det, path: str | os.PathLike) -> Path:
                 "history": det.history_,
                 "fit_seconds": det.fit_seconds_,
                 "n_clips": det.n_clips_,
+                "skipped_clips": getattr(det, "skipped_clips_", []),
                 "n_anomalies": getattr(det, "n_anomalies_", 0),
                 "val_clips": det.val_clips_,
                 "clip_seconds": det.clip_seconds_,

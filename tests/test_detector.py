@@ -10,7 +10,7 @@ import soundfile as sf
 
 from machine_monitor import AudioReadError, Detector, ModelError, NotFittedError
 from machine_monitor.errors import ConfigError
-from tests.conftest import FAST, clicks, hum
+from tests.conftest import FAST, PEAK, clicks, hum
 
 
 def test_fit_learns_state_and_a_threshold_from_held_out_clips(fitted_detector, normal_arrays):
@@ -76,7 +76,7 @@ def test_model_json_describes_everything_needed(fitted_detector, tmp_path):
     assert m["schema_version"] == 1 and m["sample_rate"] == 16_000
     # 1 s training clips: the 10 s peak span shrinks to the 30 frames a clip has.
     assert m["features"] == {"kind": "peak", "sr": 16_000, "n_fft": 1024, "hop_length": 512, "n_mels": 128,
-                             "context": 30, "stride": 16}
+                             "context": 30, "stride": 16, "fmax": None}
     assert m["network"] == {"input_dim": 128, "hidden": [128, 128, 128, 128], "bottleneck": 8}
     assert m["scorer"]["name"] == "mahalanobis"
     assert m["threshold"]["method"] == "gamma" and "value" in m["threshold"]
@@ -161,3 +161,11 @@ def test_contamination_threshold_from_a_known_mix(fitted_detector):
     det.set_threshold(mix, contamination=0.1)
     assert det.threshold_["method"] == "contamination"
     assert det.predict(mix).sum() == 1
+
+
+def test_a_stray_short_clip_is_left_out_instead_of_shrinking_the_span(caplog):
+    clips = [hum(1.0, seed=s) for s in range(8)] + [hum(0.5, seed=99)]
+    det = Detector(**PEAK).fit(clips)
+    assert det.feature_config.context == 30  # the 1 s clips' 30 frames, not the short clip's 14
+    assert det.skipped_clips_ == ["array[8]"] and det.n_clips_ == 8
+    assert "array[8]: shorter than the other clips' 0.99 s span: not used for training" in caplog.text
