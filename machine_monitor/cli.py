@@ -20,7 +20,7 @@ from machine_monitor.errors import MachineMonitorError
 
 EXIT_OK, EXIT_ANOMALY, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 # Order shown in --help.
-COMMANDS = ("train", "scan", "evaluate", "devices", "record", "monitor")
+COMMANDS = ("train", "threshold", "scan", "evaluate", "devices", "record", "monitor")
 
 log = logging.getLogger("machine_monitor")
 
