@@ -10,6 +10,8 @@ Clips are file paths, 16 kHz mono float arrays, or ``(array, sample_rate)`` tupl
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 import os
 import time
@@ -21,7 +23,7 @@ import numpy as np
 from machine_monitor.audio.io import check_signal, load_audio, to_mono
 from machine_monitor.errors import ConfigError, NotFittedError
 from machine_monitor.features import FeatureConfig, frames, gather_windows, stack_frames, window_index
-from machine_monitor.scoring import Reconstruction, check_aggregate, make_scorer
+from machine_monitor.scoring import Reconstruction, Scorer, aggregate, check_aggregate, make_scorer
 from machine_monitor.threshold import DEFAULT_PERCENTILE, fit_threshold
 
 log = logging.getLogger(__name__)
@@ -99,6 +101,12 @@ class Detector:
         Channel of multichannel files to use (0-based); ``None`` = mean of channels.
     progress : bool
         Show progress bars on stderr.
+    folds : int or None
+        Cross-fitted ensemble of this many networks, each trained without one fold of the
+        clips; the scorer and the threshold then learn from every clip's *out-of-fold*
+        residual and score, and new audio gets the networks' mean score. ``None``: 5 for
+        ``peak`` features (a network trains in about a second), 1 otherwise (one network,
+        ``val_fraction`` of the clips held out for early stopping and the threshold).
     """
 
     def __init__(self, *, features: str = "peak", scorer: str = "mahalanobis", aggregate: str = "mean",
@@ -106,7 +114,7 @@ class Detector:
                  val_fraction: float = 0.2, epochs: int | None = None, batch_size: int = 256, lr: float = 1e-3,
                  patience: int | None = None, hidden: Sequence[int] = (128, 128, 128, 128), bottleneck: int = 8,
                  seed: int = 0, device: str | None = None, channel: int | None = None,
-                 progress: bool = False, scorer_params: dict | None = None):
+                 progress: bool = False, scorer_params: dict | None = None, folds: int | None = None):
         self.features = features
         self.scorer = scorer
         self.aggregate = aggregate
@@ -124,6 +132,7 @@ class Detector:
         self.channel = channel
         self.progress = progress
         self.scorer_params = scorer_params
+        self.folds = folds
 
     # -- audio and features ------------------------------------------------
     @property
@@ -225,13 +234,7 @@ class Detector:
         """
         import torch
 
-        from machine_monitor.autoencoder import (
-            DenseAutoencoder,
-            NetworkConfig,
-            TrainConfig,
-            default_device,
-            train_autoencoder,
-        )
+        from machine_monitor.autoencoder import NetworkConfig, TrainConfig, default_device
 
         clips = list(clips)
         anomalies = list(anomalies or [])
@@ -245,79 +248,150 @@ class Detector:
         t0 = time.perf_counter()
         per_clip, train_ids = self._prepare(clips, FeatureConfig.for_kind(self.features))
         cfg = self.feature_config_
-        ctx = cfg.stack
-        train_frames = np.concatenate([per_clip[i] for i in train_ids])
-        val_frames = np.concatenate([per_clip[i] for i in self.val_clips_])
-        train_starts = window_index(np.array([len(per_clip[i]) for i in train_ids]), context=ctx)
-        val_starts = window_index(np.array([len(per_clip[i]) for i in self.val_clips_]), context=ctx)
-
-        device = torch.device(self.device) if self.device else default_device()
+        self._device = torch.device(self.device) if self.device else default_device()
         self.network_config_ = NetworkConfig(cfg.window_dims, tuple(int(h) for h in self.hidden), int(self.bottleneck))
         epochs, patience = (1000, 50) if cfg.kind == "peak" else (100, 10)
         self.train_config_ = TrainConfig(epochs=self.epochs or epochs, batch_size=self.batch_size, lr=self.lr,
                                          patience=self.patience or patience, seed=self.seed)
-        torch.manual_seed(self.seed)
-        self.network_ = DenseAutoencoder(self.network_config_)
-        self.history_ = train_autoencoder(
-            self.network_,
-            lambda idx: gather_windows(train_frames, train_starts[idx], context=ctx), len(train_starts),
-            lambda idx: gather_windows(val_frames, val_starts[idx], context=ctx), len(val_starts),
-            self.train_config_, device=device, progress=self.progress)
-
-        # Reconstructions are made on access: holding them all would cost ~10x the frames.
-        recons = _LazyReconstructions(self._reconstruct, per_clip)
         scorer = make_scorer(self.scorer, aggregate=self.aggregate, **(self.scorer_params or {}))
         if hasattr(scorer, "context"):
-            scorer.context = ctx  # post-classifiers read a window as context x frame_dims
+            scorer.context = cfg.stack  # post-classifiers read a window as context x frame_dims
         self.n_anomalies_ = len(anomalies)
-        if supervised:
-            from machine_monitor.postclassifiers import fit_supervised
-
-            labelled = _LazyReconstructions(self._reconstruct, per_clip + [
-                self._frames(self.load_signal(c, i)) for i, c in enumerate(anomalies)])
-            y_ = np.r_[np.zeros(len(per_clip), np.int64), np.ones(len(anomalies), np.int64)]
-            # Normal clips' scores are out-of-fold: each from a forest that never saw the clip.
-            self.scorer_, scores = fit_supervised(scorer, labelled, y_, seed=self.seed)
-            scores = scores[: len(per_clip)]
+        folds = self._n_folds(len(per_clip), scorer)
+        if folds > 1:
+            self._fit_folds(per_clip, folds, scorer)
         else:
-            self.scorer_ = scorer.fit(recons.subset(train_ids))
-            scores = self.scorer_.score(recons)
-        self.train_scores_ = scores[train_ids]
-        self.val_scores_ = scores[self.val_clips_]
+            self.network_, self.history_ = self._train_network(per_clip, train_ids, self.val_clips_, self.seed)
+            self.networks_ = [self.network_]
+            # Reconstructions are made on access: holding them all would cost ~10x the frames.
+            recons = _LazyReconstructions(self._reconstruct, per_clip)
+            if supervised:
+                from machine_monitor.postclassifiers import fit_supervised
+
+                labelled = _LazyReconstructions(self._reconstruct, per_clip + [
+                    self._frames(self.load_signal(c, i)) for i, c in enumerate(anomalies)])
+                y_ = np.r_[np.zeros(len(per_clip), np.int64), np.ones(len(anomalies), np.int64)]
+                # Normal clips' scores are out-of-fold: each from a forest that never saw the clip.
+                self.scorer_, scores = fit_supervised(scorer, labelled, y_, seed=self.seed)
+                scores = scores[: len(per_clip)]
+            else:
+                self.scorer_ = scorer.fit(recons.subset(train_ids))
+                scores = self.scorer_.score(recons)
+            self.train_scores_ = scores[train_ids]
+            self.val_scores_ = scores[self.val_clips_]
         self.threshold_ = fit_threshold(self.val_scores_, method=self.threshold_method, percentile=self.percentile)
         self.fit_seconds_ = time.perf_counter() - t0
         self.n_clips_ = len(per_clip)
         return self
+
+    def _n_folds(self, n_clips: int, scorer) -> int:
+        """Networks in the ensemble: ``folds``, or by default 5 for peak features (cheap to train)."""
+        folds = self.folds if self.folds is not None else (5 if self.feature_config_.kind == "peak" else 1)
+        # Each fold network needs 2+ clips (one held out for early stopping); forests that
+        # override clip scoring (post-classifiers) work on one network.
+        if folds <= 1 or n_clips < 3 or type(scorer).score is not Scorer.score:
+            return 1
+        return min(int(folds), n_clips)
+
+    def _train_network(self, per_clip, train_ids, val_ids, seed: int):
+        """A network trained on clips ``train_ids``, early-stopped on clips ``val_ids``."""
+        import torch
+
+        from machine_monitor.autoencoder import DenseAutoencoder, train_autoencoder
+
+        ctx = self.feature_config_.stack
+        train_frames = np.concatenate([per_clip[i] for i in train_ids])
+        val_frames = np.concatenate([per_clip[i] for i in val_ids])
+        train_starts = window_index(np.array([len(per_clip[i]) for i in train_ids]), context=ctx)
+        val_starts = window_index(np.array([len(per_clip[i]) for i in val_ids]), context=ctx)
+        torch.manual_seed(seed)
+        net = DenseAutoencoder(self.network_config_)
+        history = train_autoencoder(
+            net,
+            lambda idx: gather_windows(train_frames, train_starts[idx], context=ctx), len(train_starts),
+            lambda idx: gather_windows(val_frames, val_starts[idx], context=ctx), len(val_starts),
+            dataclasses.replace(self.train_config_, seed=seed), device=self._device, progress=self.progress)
+        return net, history
+
+    def _fit_folds(self, per_clip: list[np.ndarray], folds: int, scorer) -> None:
+        """Cross-fitted ensemble: one network per fold, each blind to its fold's clips.
+
+        Every clip gets an out-of-fold reconstruction, from the network that never saw it.
+        The scorer learns from all of them (the residuals of *unseen* sound, which is what
+        it will score), and the threshold comes from every clip's out-of-fold score under a
+        scorer refitted without that clip's fold: scores of sound new to both parts, as
+        the deployed detector will meet it, from all clips rather than a held-out fifth.
+        New audio is scored by the mean of the networks' window scores.
+        """
+        n = len(per_clip)
+        rng = np.random.default_rng(self.seed)
+        fold_of = np.empty(n, dtype=np.int64)
+        for k, ids in enumerate(np.array_split(rng.permutation(n), folds)):
+            fold_of[ids] = k
+        self.networks_, self.history_ = [], []
+        for k in range(folds):
+            ids = rng.permutation(np.flatnonzero(fold_of != k))
+            n_val = min(len(ids) - 1, max(1, int(round(self.val_fraction * len(ids)))))
+            net, hist = self._train_network(per_clip, np.sort(ids[n_val:]), np.sort(ids[:n_val]), self.seed + k)
+            self.networks_.append(net)
+            self.history_ += [{"fold": k, **h} for h in hist]
+        self.network_ = self.networks_[0]
+
+        def oof(i: int) -> Reconstruction:
+            return self._reconstruct(per_clip[i], self.networks_[fold_of[i]])
+
+        recons = _LazyReconstructions(lambda i: oof(int(i)), list(range(n)))
+        self.scorer_ = copy.deepcopy(scorer).fit(recons)
+        scores = np.empty(n)
+        for k in range(folds):
+            inside, outside = np.flatnonzero(fold_of == k), np.flatnonzero(fold_of != k)
+            scores[inside] = copy.deepcopy(scorer).fit(recons.subset(outside)).score(recons.subset(inside))
+        self.fold_of_ = fold_of
+        self.val_clips_ = np.arange(n)
+        self.val_scores_ = scores
+        self.train_scores_ = scores
 
     # -- scoring -----------------------------------------------------------
     def _check_fitted(self) -> None:
         if not hasattr(self, "threshold_"):
             raise NotFittedError("this Detector is not fitted yet: call fit(clips) or Detector.load(dir)")
 
-    def _reconstruct(self, f: np.ndarray) -> Reconstruction:
+    def _reconstruct(self, f: np.ndarray, net=None) -> Reconstruction:
         import torch
 
+        net = self.network_ if net is None else net
         x = stack_frames(f, context=self.feature_config.stack)
         with torch.no_grad():
-            self.network_.eval()
-            device = next(self.network_.parameters()).device
+            net.eval()
+            device = next(net.parameters()).device
             xt = torch.from_numpy(x).to(device)
-            z = self.network_.encoder(xt)
-            x_hat = self.network_.decoder(z)
+            z = net.encoder(xt)
+            x_hat = net.decoder(z)
         return Reconstruction(x=x, x_hat=x_hat.cpu().numpy(), z=z.cpu().numpy())
 
+    @property
+    def ensemble_size(self) -> int:
+        """Networks that score new audio (``folds`` of a cross-fitted detector, else 1)."""
+        return len(getattr(self, "networks_", None) or [None])
+
     def reconstruct_signal(self, y: np.ndarray) -> Reconstruction:
-        """The network's reconstruction of every window of a validated signal."""
+        """The (first) network's reconstruction of every window of a validated signal."""
         self._check_fitted()
         return self._reconstruct(self._frames(y))
 
     def window_scores(self, y: np.ndarray) -> np.ndarray:
-        """Per-window scores ``(n_windows,)`` of a validated 16 kHz signal."""
-        return self.scorer_.window_scores(self.reconstruct_signal(y))
+        """Per-window scores ``(n_windows,)`` of a validated 16 kHz signal (mean over the ensemble)."""
+        self._check_fitted()
+        if self.ensemble_size == 1:
+            return self.scorer_.window_scores(self.reconstruct_signal(y))
+        f = self._frames(y)
+        return np.mean([self.scorer_.window_scores(self._reconstruct(f, net)) for net in self.networks_], axis=0)
 
     def score_signal(self, y: np.ndarray) -> float:
         """Clip score of one validated 16 kHz mono signal."""
-        return float(self.scorer_.score([self.reconstruct_signal(y)])[0])
+        if self.ensemble_size == 1:
+            return float(self.scorer_.score([self.reconstruct_signal(y)])[0])
+        return aggregate(self.window_scores(y), self.scorer_.aggregate)
 
     def window_seconds(self) -> float:
         """Duration one window of features covers."""

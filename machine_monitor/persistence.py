@@ -35,7 +35,8 @@ ARRAYS_FILE = "arrays.safetensors"
 SKOPS_FILE = "scorer.skops"
 # Detector.__init__ parameters saved with the model (device and progress are per run).
 SAVED_PARAMS = ("features", "scorer", "aggregate", "percentile", "threshold_method", "val_fraction", "epochs",
-                "batch_size", "lr", "patience", "hidden", "bottleneck", "seed", "channel", "scorer_params")
+                "batch_size", "lr", "patience", "hidden", "bottleneck", "seed", "channel", "scorer_params",
+                "folds")
 # model.json "detector" field -> the class that loads it ("ae" = Detector, also when the field is absent).
 DETECTOR_KINDS = {
     "ae": "machine_monitor.detector:Detector",
@@ -85,7 +86,10 @@ def save_detector(det, path: str | os.PathLike) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     try:
-        state = {k: v.detach().cpu().contiguous() for k, v in det.network_.state_dict().items()}
+        nets = getattr(det, "networks_", None) or [det.network_]
+        # One network: its state dict as is; an ensemble: network k's tensors under "k.".
+        state = {(f"{k}.{name}" if len(nets) > 1 else name): v.detach().cpu().contiguous()
+                 for k, net in enumerate(nets) for name, v in net.state_dict().items()}
         save_torch(state, tmp / NETWORK_FILE)
         arrays = {"feature_mean": det.feature_mean_, "feature_std": det.feature_std_}
         arrays.update({f"scorer.{k}": np.ascontiguousarray(v) for k, v in det.scorer_.get_arrays().items()})
@@ -104,7 +108,7 @@ def save_detector(det, path: str | os.PathLike) -> Path:
             "sample_rate": det.feature_config_.sr,
             "params": {k: getattr(det, k) for k in SAVED_PARAMS},
             "features": det.feature_config_.to_dict(),
-            "network": det.network_config_.to_dict(),
+            "network": {**det.network_config_.to_dict(), "ensemble": len(nets)},
             "training": {
                 **{k: v for k, v in vars(det.train_config_).items()},
                 "epochs_run": len(det.history_),
@@ -239,12 +243,17 @@ def load_detector(path: str | os.PathLike, *, device: str | None = None):
         raise ModelError(f"{root}: cannot read weights ({exc})") from None
     set_standardisation(det, arrays, root)
 
-    net = DenseAutoencoder(net_cfg)
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as exc:
-        raise ModelError(f"{root / NETWORK_FILE}: weights do not fit the network in model.json ({exc})") from None
-    det.network_ = net.to(torch.device(device) if device else default_device()).eval()
+    n_nets = int(m["network"].get("ensemble", 1))
+    nets = []
+    for k in range(n_nets):
+        prefix = f"{k}." if n_nets > 1 else ""
+        net = DenseAutoencoder(net_cfg)
+        try:
+            net.load_state_dict({name[len(prefix):]: v for name, v in state.items() if name.startswith(prefix)})
+        except RuntimeError as exc:
+            raise ModelError(f"{root / NETWORK_FILE}: weights do not fit the network in model.json ({exc})") from None
+        nets.append(net.to(torch.device(device) if device else default_device()).eval())
+    det.networks_, det.network_ = nets, nets[0]
 
     scorer.set_arrays({k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith("scorer.")})
     if m["scorer"].get("estimators"):

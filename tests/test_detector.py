@@ -13,14 +13,31 @@ from machine_monitor.errors import ConfigError
 from tests.conftest import FAST, PEAK, clicks, hum
 
 
-def test_fit_learns_state_and_a_threshold_from_held_out_clips(fitted_detector, normal_arrays):
+def test_default_fit_is_a_cross_fitted_ensemble_with_an_out_of_fold_threshold(fitted_detector):
     det = fitted_detector
+    assert det.ensemble_size == 5 and len(set(det.fold_of_)) == 5
+    # Every one of the 15 clips scored by a network and a scorer that never saw it.
     assert det.threshold_["method"] == "gamma" and det.threshold_["percentile"] == 99.0
-    assert det.threshold_value_ > det.val_scores_.max()  # extrapolated past the few held-out clips
-    assert det.threshold_["n_scores"] == len(det.val_clips_) == 3  # 20 % of 15 clips, whole clips
+    assert det.threshold_["n_scores"] == 15
     assert det.feature_mean_.shape == det.feature_std_.shape == (128,)
     assert det.feature_mean_.dtype == np.float32
+    assert {h["fold"] for h in det.history_} == set(range(5))  # early-stopped per network
+
+
+def test_one_network_holds_out_whole_clips_for_early_stopping_and_threshold(normal_arrays):
+    det = Detector(folds=1, **PEAK).fit(normal_arrays)
+    assert det.ensemble_size == 1
+    assert det.threshold_["n_scores"] == len(det.val_clips_) == 3  # 20 % of 15 clips, whole clips
+    assert det.threshold_value_ > det.val_scores_.max()  # the gamma fit extrapolates past them
     assert 1 <= len(det.history_) <= 1000  # early-stopped
+
+
+def test_an_ensemble_scores_new_audio_with_the_mean_of_its_networks(fitted_detector):
+    y = hum(1.0, seed=77)
+    f = fitted_detector._frames(y)
+    each = [fitted_detector.scorer_.window_scores(fitted_detector._reconstruct(f, net))
+            for net in fitted_detector.networks_]
+    assert fitted_detector.score_signal(y) == pytest.approx(float(np.mean(each)))
 
 
 def test_higher_score_means_more_anomalous(fitted_detector):
@@ -77,10 +94,10 @@ def test_model_json_describes_everything_needed(fitted_detector, tmp_path):
     # 1 s training clips: the 10 s peak span shrinks to the 30 frames a clip has.
     assert m["features"] == {"kind": "peak", "sr": 16_000, "n_fft": 1024, "hop_length": 512, "n_mels": 128,
                              "context": 30, "stride": 16, "fmax": None}
-    assert m["network"] == {"input_dim": 128, "hidden": [128, 128, 128, 128], "bottleneck": 8}
+    assert m["network"] == {"input_dim": 128, "hidden": [128, 128, 128, 128], "bottleneck": 8, "ensemble": 5}
     assert m["scorer"]["name"] == "mahalanobis"
     assert m["threshold"]["method"] == "gamma" and "value" in m["threshold"]
-    assert {"train", "validation"} <= set(m["scores"]) and m["scores"]["validation"]["n"] == 3
+    assert {"train", "validation"} <= set(m["scores"]) and m["scores"]["validation"]["n"] == 15
     assert {"numpy", "torch", "scikit-learn"} <= set(m["versions"])
     assert set(m["files"]) == {"arrays.safetensors", "network.safetensors"}
 
