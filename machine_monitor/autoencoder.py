@@ -165,3 +165,60 @@ def reconstruct(net: DenseAutoencoder, x: np.ndarray, *, chunk: int = 16384) -> 
     if len(x) <= chunk:
         return net(torch.from_numpy(np.ascontiguousarray(x)).to(device)).cpu().numpy()
     return np.concatenate([reconstruct(net, x[s : s + chunk], chunk=chunk) for s in range(0, len(x), chunk)])
+
+
+class NumpyAutoencoder:
+    """Inference copy of a trained :class:`DenseAutoencoder` in numpy, BatchNorm folded in.
+
+    Scoring feeds the network a handful of windows at a time (one vector per 10 s span for
+    peak features); there torch's per-operator overhead (~0.3 ms a network) is most of the
+    cost, where ten float32 matrix products in numpy take a few tens of microseconds.
+    """
+
+    def __init__(self, net: DenseAutoencoder):
+        self.encoder = _fold(net.encoder)
+        self.decoder = _fold(net.decoder)
+
+    def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(x_hat, z)`` for windows ``x`` ``(n, input_dim)``."""
+        z = _run(self.encoder, np.asarray(x, dtype=np.float32))
+        return _run(self.decoder, z), z
+
+
+def _fold(seq: nn.Sequential) -> list[tuple[np.ndarray, np.ndarray, bool]]:
+    """Layers as ``(W^T, b, relu)`` with each eval-mode BatchNorm folded into its Linear."""
+    layers: list[tuple[np.ndarray, np.ndarray, bool]] = []
+    for m in seq:
+        if isinstance(m, nn.Linear):
+            layers.append((m.weight.detach().cpu().numpy().T.copy(), m.bias.detach().cpu().numpy().copy(), False))
+        elif isinstance(m, nn.BatchNorm1d):
+            w, b, _ = layers[-1]
+            scale = (m.weight / torch.sqrt(m.running_var + m.eps)).detach().cpu().numpy()
+            shift = (m.bias - m.running_mean * m.weight / torch.sqrt(m.running_var + m.eps)).detach().cpu().numpy()
+            layers[-1] = ((w * scale).astype(np.float32), (b * scale + shift).astype(np.float32), False)
+        elif isinstance(m, nn.ReLU):
+            w, b, _ = layers[-1]
+            layers[-1] = (w, b, True)
+        else:
+            raise TypeError(f"cannot fold a {type(m).__name__} layer")
+    return layers
+
+
+def _run(layers, x: np.ndarray) -> np.ndarray:
+    for w, b, relu in layers:
+        x = x @ w
+        x += b
+        if relu:
+            np.maximum(x, 0, out=x)
+    return x
+
+
+def numpy_inference(net: DenseAutoencoder) -> NumpyAutoencoder | None:
+    """The net's cached numpy inference copy, or ``None`` when it lives on a GPU."""
+    if next(net.parameters()).device.type != "cpu":
+        return None
+    cached = getattr(net, "_numpy_inference", None)
+    if cached is None:
+        cached = NumpyAutoencoder(net)
+        object.__setattr__(net, "_numpy_inference", cached)  # plain attribute, not a submodule
+    return cached

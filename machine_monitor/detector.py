@@ -359,8 +359,14 @@ class Detector:
     def _reconstruct(self, f: np.ndarray, net=None) -> Reconstruction:
         import torch
 
+        from machine_monitor.autoencoder import numpy_inference
+
         net = self.network_ if net is None else net
         x = stack_frames(f, context=self.feature_config.stack)
+        fast = numpy_inference(net)
+        if fast is not None:
+            x_hat, z = fast(x)
+            return Reconstruction(x=x, x_hat=x_hat, z=z)
         with torch.no_grad():
             net.eval()
             device = next(net.parameters()).device

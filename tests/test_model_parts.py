@@ -109,3 +109,19 @@ def test_gamma_threshold_with_too_few_scores_falls_back_to_their_percentile_and_
     t = gamma_threshold(np.array([1.0, 2.0]), percentile=99)
     assert t["method"] == "percentile" and t["value"] == pytest.approx(1.99)
     assert "3+ distinct scores" in t["note"]
+
+
+def test_numpy_inference_copy_matches_the_network_with_batchnorm_folded_in():
+    from machine_monitor.autoencoder import NumpyAutoencoder
+
+    torch.manual_seed(0)
+    net = DenseAutoencoder(NetworkConfig(32, (16, 16), 4))
+    net.train()
+    x = torch.randn(64, 32)
+    for _ in range(3):
+        net(x)  # move BatchNorm's running statistics away from their initial values
+    net.eval()
+    with torch.no_grad():
+        z, x_hat = net.encoder(x).numpy(), net(x).numpy()
+    fast_x_hat, fast_z = NumpyAutoencoder(net)(x.numpy())
+    assert np.allclose(fast_x_hat, x_hat, atol=1e-5) and np.allclose(fast_z, z, atol=1e-5)
