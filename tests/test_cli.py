@@ -112,3 +112,13 @@ def test_user_mistakes_are_one_line_errors_with_exit_2(tmp_path):
     (tmp_path / "empty").mkdir()
     res = run_cli("train", str(tmp_path / "empty"))
     assert res.returncode == 2 and res.stderr.strip().endswith("no audio files in " + str(tmp_path / "empty"))
+
+
+def test_train_folds_option_sets_the_ensemble_size(recordings, tmp_path):
+    import json
+
+    clips = sorted((recordings / "normal").glob("*.wav"))[:6]
+    for folds, expected in (("1", 1), ("3", 3)):
+        out = tmp_path / f"m{folds}"
+        assert main(["train", *map(str, clips), "--out", str(out), "--folds", folds]) == 0
+        assert json.loads((out / "model.json").read_text())["network"]["ensemble"] == expected

@@ -37,6 +37,8 @@ def register(sub) -> None:
                    help="maximum training epochs (ae: default 1000 for peak features, 100 for frame features, "
                    "early stopping on held-out clips; "
                    "aegmm/vaegmm: default 30)")
+    g.add_argument("--folds", type=int, default=None,
+                   help="ae: cross-fitted ensemble of this many networks (default 5 for peak features, 1 otherwise)")
     g.add_argument("--batch-size", type=int, default=256)
     g.add_argument("--lr", type=float, default=1e-3, help="learning rate")
     g.add_argument("--val-fraction", type=float, default=0.2, help="share of clips held out for validation")
@@ -83,10 +85,14 @@ def run(args) -> int:
         det.set_threshold(mix, method="contamination", contamination=args.contamination)
     det.save(out)
     t = det.threshold_
-    how = {"percentile": f"p{t['percentile']:g} of {t['n_scores']} held-out normal clips",
-           "gamma": f"p{t['percentile']:g} of a gamma fitted to {t['n_scores']} held-out normal clips",
+    ensemble = getattr(det, "ensemble_size", 1)
+    held = "normal clips scored out-of-fold" if ensemble > 1 else "held-out normal clips"
+    how = {"percentile": f"p{t['percentile']:g} of {t['n_scores']} {held}",
+           "gamma": f"p{t['percentile']:g} of a gamma fitted to {t['n_scores']} {held}",
            }.get(t["method"], f"{t['method']}, p{t['percentile']:g} of {t['n_scores']} clips")
     epochs = f"{len(det.history_)} epochs, " if args.detector in ("ae", "aegmm", "vaegmm") else ""
+    if ensemble > 1:
+        epochs = f"{ensemble} networks, {epochs}"
     print(f"saved {out}  threshold {t['value']:.4g} ({how}); {epochs}fit {det.fit_seconds_:.1f} s")
     return 0
 
@@ -113,7 +119,8 @@ def _make_detector(args, Detector, ConfigError):
                   device=args.device, channel=args.channel, progress=args.progress)
     if args.detector == "ae":
         scorer = args.post or ("hist-rf" if args.anomalies else args.scorer or "mahalanobis")
-        return Detector(scorer=scorer, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, **common)
+        return Detector(scorer=scorer, epochs=args.epochs, folds=args.folds, batch_size=args.batch_size,
+                        lr=args.lr, **common)
     if args.post or args.anomalies or args.scorer:
         raise ConfigError(f"--post, --anomalies and --scorer apply to --detector ae, not {args.detector}")
     from machine_monitor.persistence import make_detector
