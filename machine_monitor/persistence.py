@@ -82,11 +82,10 @@ def save_detector(det, path: str | os.PathLike) -> Path:
 
     from machine_monitor.detector import score_stats
 
-    dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
-    try:
-        nets = getattr(det, "networks_", None) or [det.network_]
+    nets = getattr(det, "networks_", None) or [det.network_]
+    estimators = getattr(det.scorer_, "get_estimators", lambda: {})()
+
+    def write_files(tmp: Path) -> None:
         # One network: its state dict as is; an ensemble: network k's tensors under "k.".
         state = {(f"{k}.{name}" if len(nets) > 1 else name): v.detach().cpu().contiguous()
                  for k, net in enumerate(nets) for name, v in net.state_dict().items()}
@@ -94,48 +93,35 @@ def save_detector(det, path: str | os.PathLike) -> Path:
         arrays = {"feature_mean": det.feature_mean_, "feature_std": det.feature_std_}
         arrays.update({f"scorer.{k}": np.ascontiguousarray(v) for k, v in det.scorer_.get_arrays().items()})
         save_np(arrays, tmp / ARRAYS_FILE)
-        estimators = getattr(det.scorer_, "get_estimators", lambda: {})()
         if estimators:
             import skops.io as sio
 
             sio.dump(estimators, tmp / SKOPS_FILE)
 
-        manifest = {
-            "schema_version": SCHEMA_VERSION,
-            "format": "machine-monitor detector",
-            "detector": "ae",
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "sample_rate": det.feature_config_.sr,
-            "params": {k: getattr(det, k) for k in SAVED_PARAMS},
-            "features": det.feature_config_.to_dict(),
-            "network": {**det.network_config_.to_dict(), "ensemble": len(nets)},
-            "training": {
-                **{k: v for k, v in vars(det.train_config_).items()},
-                "epochs_run": len(det.history_),
-                "best_val_loss": min(h["val_loss"] for h in det.history_),
-                "history": det.history_,
-                "fit_seconds": det.fit_seconds_,
-                "n_clips": det.n_clips_,
-                "skipped_clips": getattr(det, "skipped_clips_", []),
-                "n_anomalies": getattr(det, "n_anomalies_", 0),
-                "val_clips": det.val_clips_,
-                "clip_seconds": det.clip_seconds_,
-            },
-            "scorer": {"name": det.scorer_.name, "params": det.scorer_.get_params(),
-                       "estimators": sorted(estimators)},
-            "threshold": det.threshold_,
-            "scores": {"train": score_stats(det.train_scores_), "validation": score_stats(det.val_scores_),
-                       "train_values": det.train_scores_, "validation_values": det.val_scores_},
-            "versions": package_versions(),
-            "files": {},
-        }
-        manifest["files"] = {p.name: sha256(p) for p in sorted(tmp.iterdir())}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=_json_default) + "\n")
-        _swap_into_place(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return dest
+    manifest = {
+        "detector": "ae",
+        "sample_rate": det.feature_config_.sr,
+        "params": {k: getattr(det, k) for k in SAVED_PARAMS},
+        "features": det.feature_config_.to_dict(),
+        "network": {**det.network_config_.to_dict(), "ensemble": len(nets)},
+        "training": {
+            **{k: v for k, v in vars(det.train_config_).items()},
+            "epochs_run": len(det.history_),
+            "best_val_loss": min(h["val_loss"] for h in det.history_),
+            "history": det.history_,
+            "fit_seconds": det.fit_seconds_,
+            "n_clips": det.n_clips_,
+            "skipped_clips": getattr(det, "skipped_clips_", []),
+            "n_anomalies": getattr(det, "n_anomalies_", 0),
+            "val_clips": det.val_clips_,
+            "clip_seconds": det.clip_seconds_,
+        },
+        "scorer": {"name": det.scorer_.name, "params": det.scorer_.get_params(), "estimators": sorted(estimators)},
+        "threshold": det.threshold_,
+        "scores": {"train": score_stats(det.train_scores_), "validation": score_stats(det.val_scores_),
+                   "train_values": det.train_scores_, "validation_values": det.val_scores_},
+    }
+    return write_model_dir(path, manifest, write_files)
 
 
 def _swap_into_place(tmp: Path, dest: Path) -> None:
