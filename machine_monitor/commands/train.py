@@ -59,21 +59,15 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from machine_monitor.audio.io import find_audio_files
     from machine_monitor.detector import Detector
     from machine_monitor.errors import ConfigError
 
     if (args.contamination is None) != (args.threshold_data is None):
         raise ConfigError("--contamination and --threshold-data go together")
-    for item in args.inputs:
-        if not Path(item).exists():
-            raise ConfigError(f"{item}: no such file or folder")
-    clips = find_audio_files(args.inputs, recursive=args.recursive)
-    if not clips:
-        raise ConfigError(f"no audio files in {', '.join(args.inputs)}")
+    clips = _audio_in(args.inputs, args.recursive)
     out = args.out or DEFAULT_MODELS_DIR / default_model_name(args.inputs[0])
     print(f"training on {len(clips)} clips from {', '.join(args.inputs)}", file=sys.stderr)
-    anomalies = _anomaly_clips(args, find_audio_files)
+    anomalies = _audio_in(args.anomalies, args.recursive) if args.anomalies else []
     det = _make_detector(args, Detector, ConfigError)
     if anomalies:
         print(f"and on {len(anomalies)} labelled anomalies from {', '.join(args.anomalies)}", file=sys.stderr)
@@ -81,7 +75,7 @@ def run(args) -> int:
     else:
         det.fit(clips)
     if args.contamination is not None:
-        mix = find_audio_files(args.threshold_data, recursive=args.recursive)
+        mix = _audio_in(args.threshold_data, args.recursive)
         det.set_threshold(mix, method="contamination", contamination=args.contamination)
     det.save(out)
     t = det.threshold_
@@ -97,18 +91,19 @@ def run(args) -> int:
     return 0
 
 
-def _anomaly_clips(args, find_audio_files) -> list:
+def _audio_in(inputs: list[str], recursive: bool) -> list:
+    """The audio files in ``inputs``; a missing input or no audio at all is a usage error."""
+    from machine_monitor.audio.io import find_audio_files
     from machine_monitor.errors import ConfigError
 
-    if not args.anomalies:
-        return []
-    for item in args.anomalies:
+    for item in inputs:
         if not Path(item).exists():
             raise ConfigError(f"{item}: no such file or folder")
-    found = find_audio_files(args.anomalies, recursive=args.recursive)
+    found = find_audio_files(inputs, recursive=recursive)
     if not found:
-        raise ConfigError(f"no audio files in {', '.join(args.anomalies)}")
+        raise ConfigError(f"no audio files in {', '.join(inputs)}")
     return found
+
 
 
 def _make_detector(args, Detector, ConfigError):
