@@ -33,6 +33,20 @@ def default_model_name(folder: str | Path) -> str:
     return "detector"
 
 
+def existing_audio_files(inputs: list[str], *, recursive: bool = False) -> list[Path]:
+    """The audio files in ``inputs``; a missing input or no audio at all is a usage error."""
+    from machine_monitor.audio.io import find_audio_files
+    from machine_monitor.errors import ConfigError
+
+    for item in inputs:
+        if not Path(item).exists():
+            raise ConfigError(f"{item}: no such file or folder")
+    found = find_audio_files(inputs, recursive=recursive)
+    if not found:
+        raise ConfigError(f"no audio files in {', '.join(inputs)}")
+    return found
+
+
 def positive_float(text: str) -> float:
     v = float(text)
     if not v > 0:

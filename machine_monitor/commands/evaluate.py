@@ -44,7 +44,7 @@ def register(sub) -> None:
 
 
 def _collect(inputs: list[str]):
-    from machine_monitor.audio.io import find_audio_files
+    from machine_monitor.commands.common import existing_audio_files
     from machine_monitor.errors import ConfigError
     from machine_monitor.evaluate import label_paths, read_split
 
@@ -53,13 +53,7 @@ def _collect(inputs: list[str]):
         if len(inputs) > 1:
             raise ConfigError("give one split file, or folders and files, not both")
         return read_split(splits[0])
-    for item in inputs:
-        if not Path(item).exists():
-            raise ConfigError(f"{item}: no such file or folder")
-    files = find_audio_files(inputs, recursive=True)
-    if not files:
-        raise ConfigError(f"no audio files in {', '.join(inputs)}")
-    return label_paths(files)
+    return label_paths(existing_audio_files(inputs, recursive=True))
 
 
 def _score(det, clips, progress: bool):

@@ -34,16 +34,14 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from machine_monitor.audio.io import find_audio_files
+    from machine_monitor.commands.common import existing_audio_files
     from machine_monitor.detector import Detector
     from machine_monitor.errors import ConfigError
     from machine_monitor.scan import score_file
 
     path = resolve_model(args.model)
     det = Detector.load(path)
-    files = find_audio_files(args.inputs, recursive=args.recursive)
-    if not files:
-        raise ConfigError(f"no audio files in {', '.join(args.inputs)}")
+    files = existing_audio_files(args.inputs, recursive=args.recursive)
     rows = [score_file(det, f) for f in files]
     for r in rows:
         if r.error:

@@ -6,7 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from machine_monitor.commands.common import DEFAULT_MODELS_DIR, add_channel_arg, default_model_name, positive_float
+from machine_monitor.commands.common import (
+    DEFAULT_MODELS_DIR,
+    add_channel_arg,
+    default_model_name,
+    existing_audio_files,
+    positive_float,
+)
 
 HELP = "train a detector on recordings of a machine running normally"
 
@@ -64,10 +70,10 @@ def run(args) -> int:
 
     if (args.contamination is None) != (args.threshold_data is None):
         raise ConfigError("--contamination and --threshold-data go together")
-    clips = _audio_in(args.inputs, args.recursive)
+    clips = existing_audio_files(args.inputs, recursive=args.recursive)
     out = args.out or DEFAULT_MODELS_DIR / default_model_name(args.inputs[0])
     print(f"training on {len(clips)} clips from {', '.join(args.inputs)}", file=sys.stderr)
-    anomalies = _audio_in(args.anomalies, args.recursive) if args.anomalies else []
+    anomalies = existing_audio_files(args.anomalies, recursive=args.recursive) if args.anomalies else []
     det = _make_detector(args, Detector, ConfigError)
     if anomalies:
         print(f"and on {len(anomalies)} labelled anomalies from {', '.join(args.anomalies)}", file=sys.stderr)
@@ -75,7 +81,7 @@ def run(args) -> int:
     else:
         det.fit(clips)
     if args.contamination is not None:
-        mix = _audio_in(args.threshold_data, args.recursive)
+        mix = existing_audio_files(args.threshold_data, recursive=args.recursive)
         det.set_threshold(mix, method="contamination", contamination=args.contamination)
     det.save(out)
     t = det.threshold_
@@ -89,20 +95,6 @@ def run(args) -> int:
         epochs = f"{ensemble} networks, {epochs}"
     print(f"saved {out}  threshold {t['value']:.4g} ({how}); {epochs}fit {det.fit_seconds_:.1f} s")
     return 0
-
-
-def _audio_in(inputs: list[str], recursive: bool) -> list:
-    """The audio files in ``inputs``; a missing input or no audio at all is a usage error."""
-    from machine_monitor.audio.io import find_audio_files
-    from machine_monitor.errors import ConfigError
-
-    for item in inputs:
-        if not Path(item).exists():
-            raise ConfigError(f"{item}: no such file or folder")
-    found = find_audio_files(inputs, recursive=recursive)
-    if not found:
-        raise ConfigError(f"no audio files in {', '.join(inputs)}")
-    return found
 
 
 
