@@ -256,3 +256,180 @@ def window_index(lengths: np.ndarray, *, context: int) -> np.ndarray:
 def gather_windows(f: np.ndarray, starts: np.ndarray, *, context: int) -> np.ndarray:
     """Windows beginning at ``starts`` in a frame matrix ``f``: ``(len(starts), context * d)``."""
     return f[starts[:, None] + np.arange(context)].reshape(len(starts), -1)
+
+
+# ---------------------------------------------------------------- pooled views of one log-mel
+# Each view below turns the same log-mel frames ``(n_frames, n_mels)`` into one vector per
+# span, spans placed exactly as :func:`peak_windows` places them (:func:`span_starts`), so
+# every view of a signal has the same number of rows and row ``i`` covers the same audio.
+
+
+def _span_sums(f: np.ndarray, starts: np.ndarray, context: int, power: int) -> np.ndarray:
+    """Sum of ``f ** power`` over each span, float64, shape ``(len(starts), d)``."""
+    c = np.zeros((f.shape[0] + 1, f.shape[1]), dtype=np.float64)
+    np.cumsum(np.asarray(f, dtype=np.float64) ** power, axis=0, out=c[1:])
+    return c[starts + context] - c[starts]
+
+
+def mean_windows(f: np.ndarray, *, context: int = 311, stride: int = 16) -> np.ndarray:
+    """Per-band mean over spans of ``context`` frames, ``stride`` frames apart.
+
+    The steady spectrum of a span: a band whose level shifted by a few dB shows here at
+    full size, where a span's maximum is set by its loudest moment.
+
+    Parameters
+    ----------
+    f : np.ndarray [shape=(n_frames, d)]
+    context, stride : int >= 1
+        Span length and hop in frames (as :func:`peak_windows`).
+
+    Returns
+    -------
+    np.ndarray [shape=(n_spans, d), dtype=float32]
+        Zero rows if ``n_frames < context``.
+
+    Examples
+    --------
+    >>> f = np.arange(12, dtype=np.float32).reshape(6, 2)
+    >>> mean_windows(f, context=3, stride=3)
+    array([[2., 3.],
+           [8., 9.]], dtype=float32)
+    """
+    starts = span_starts(f.shape[0], context=context, stride=stride)
+    if starts.size == 0:
+        return np.zeros((0, f.shape[1]), dtype=np.float32)
+    if starts.size <= 2:
+        return np.stack([np.mean(f[s : s + context], axis=0, dtype=np.float64) for s in starts]).astype(np.float32)
+    return (_span_sums(f, starts, context, 1) / context).astype(np.float32)
+
+
+def std_windows(f: np.ndarray, *, context: int = 311, stride: int = 16) -> np.ndarray:
+    """Per-band standard deviation over spans of ``context`` frames: temporal variability.
+
+    A band that starts to fluctuate (amplitude modulation, intermittent knocks, a rubbing
+    squeal that comes and goes) raises its spread while its mean and peak may barely move;
+    a band that becomes steadier (clicks gone) lowers it.
+
+    Parameters
+    ----------
+    f : np.ndarray [shape=(n_frames, d)]
+        Log-mel frames in dB.
+    context, stride : int >= 1
+        Span length and hop in frames (as :func:`peak_windows`).
+
+    Returns
+    -------
+    np.ndarray [shape=(n_spans, d), dtype=float32]
+        Population standard deviation (``ddof=0``) in the units of ``f``; zero rows if
+        ``n_frames < context``.
+
+    Examples
+    --------
+    >>> f = np.array([[0.0], [2.0], [0.0], [2.0]], dtype=np.float32)
+    >>> std_windows(f, context=4)
+    array([[1.]], dtype=float32)
+    """
+    starts = span_starts(f.shape[0], context=context, stride=stride)
+    if starts.size == 0:
+        return np.zeros((0, f.shape[1]), dtype=np.float32)
+    if starts.size <= 2:  # a clip or a live window: one or two spans, cheaper directly
+        return np.stack([np.std(f[s : s + context], axis=0, dtype=np.float64) for s in starts]).astype(np.float32)
+    # Centre on the signal's mean first: sums of squares of dB values near -50 lose digits otherwise.
+    g = np.asarray(f, dtype=np.float64) - np.mean(f, axis=0, dtype=np.float64)
+    m = _span_sums(g, starts, context, 1) / context
+    var = _span_sums(g, starts, context, 2) / context - m**2
+    return np.sqrt(np.maximum(var, 0.0)).astype(np.float32)
+
+
+def rank_weights(context: int, *, decay: float) -> np.ndarray:
+    """TWFR weights ``decay ** i / sum`` for the ``i``-th largest of ``context`` values.
+
+    Parameters
+    ----------
+    context : int >= 1
+    decay : float in [0, 1]
+        ``0``: all weight on the largest value (max pooling); ``1``: equal weights
+        (mean pooling); in between, the loudest moments count more.
+
+    Returns
+    -------
+    np.ndarray [shape=(context,), dtype=float64]
+        Non-negative, summing to 1, non-increasing.
+    """
+    if not 0.0 <= decay <= 1.0:
+        raise ConfigError(f"rank-pooling decay must be in [0, 1], not {decay!r}")
+    w = np.zeros(context)
+    w[0] = 1.0
+    if decay > 0.0:
+        w = decay ** np.arange(context, dtype=np.float64)
+    return w / w.sum()
+
+
+def rank_pooled_windows(f: np.ndarray, *, context: int = 311, stride: int = 16, decay: float = 0.99) -> np.ndarray:
+    """Weighted-rank pooling (TWFR) of each band over spans of ``context`` frames.
+
+    Each band's values in a span are sorted from loudest to quietest and averaged with the
+    weights of :func:`rank_weights`: between the span's maximum (``decay=0``) and its mean
+    (``decay=1``), as TWFR-GMM (DCASE 2022/2023) pools a log-mel over time.
+
+    Parameters
+    ----------
+    f : np.ndarray [shape=(n_frames, d)]
+    context, stride : int >= 1
+        Span length and hop in frames (as :func:`peak_windows`).
+    decay : float in [0, 1]
+        Rank weight ratio; see :func:`rank_weights`.
+
+    Returns
+    -------
+    np.ndarray [shape=(n_spans, d), dtype=float32]
+        Zero rows if ``n_frames < context``.
+
+    Examples
+    --------
+    >>> f = np.array([[1.0], [3.0], [2.0]], dtype=np.float32)
+    >>> rank_pooled_windows(f, context=3, decay=0.5).round(4)  # (3 + 0.5 * 2 + 0.25 * 1) / 1.75
+    array([[2.4286]], dtype=float32)
+    """
+    starts = span_starts(f.shape[0], context=context, stride=stride)
+    if starts.size == 0:
+        return np.zeros((0, f.shape[1]), dtype=np.float32)
+    w = rank_weights(context, decay=decay).astype(np.float32)
+    spans = sliding_window_view(np.asarray(f, dtype=np.float32), context, axis=0)[starts]  # (n, d, context)
+    return (-np.sort(-spans, axis=2) @ w).astype(np.float32)
+
+
+def pool_bands(f: np.ndarray, *, factor: int = 2) -> np.ndarray:
+    """Mean of each group of ``factor`` adjacent bands: a coarser spectrum, fewer dimensions.
+
+    Parameters
+    ----------
+    f : np.ndarray [shape=(n_frames, d)]
+    factor : int >= 1
+        Bands per group; a trailing partial group is averaged over the bands it has.
+
+    Returns
+    -------
+    np.ndarray [shape=(n_frames, ceil(d / factor)), dtype=float32]
+
+    Examples
+    --------
+    >>> pool_bands(np.array([[0.0, 2.0, 4.0]], dtype=np.float32), factor=2)
+    array([[1., 4.]], dtype=float32)
+    """
+    if factor < 1:
+        raise ConfigError(f"band pooling factor must be >= 1, not {factor!r}")
+    f = np.asarray(f, dtype=np.float32)
+    if factor == 1:
+        return f
+    d = f.shape[1]
+    if d % factor == 0:
+        out = f[:, 0::factor].copy()
+        for i in range(1, factor):
+            out += f[:, i::factor]
+        return out / np.float32(factor)
+    groups = np.arange(d) // factor
+    counts = np.bincount(groups).astype(np.float32)
+    out = np.zeros((f.shape[0], counts.size), dtype=np.float32)
+    np.add.at(out.T, groups, f.T)
+    return out / counts
