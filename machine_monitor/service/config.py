@@ -59,7 +59,10 @@ import math
 import shlex
 from pathlib import Path
 
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser, packaged (setup.cfg: tomli; python_version<"3.11")
+    import tomli as tomllib
 
 from machine_monitor.errors import ConfigError
 from machine_monitor.service.lifecycle import ACTION_EVENTS, LifecyclePolicy
