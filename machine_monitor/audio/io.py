@@ -10,7 +10,9 @@ Rules, applied the same way to files, arrays and live blocks:
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -25,6 +27,20 @@ SAMPLE_RATE = 16_000
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au")
 # Half a 16-bit LSB: below this a clip holds no sound at all, only dither or zeros.
 SILENCE_PEAK = 1.0 / 65536
+# Input sample rates a real recording chain uses; anything else is a broken or hostile header.
+# Float audio lies within +-1 (a little beyond when clipped); 1000x that is corrupt data,
+# and its power would overflow float32 features into NaN scores.
+MAX_ABS_SAMPLE = 1_000.0
+MIN_SAMPLE_RATE = 1_000
+MAX_SAMPLE_RATE = 384_000
+MAX_CHANNELS = 64
+# The most samples one byte of a file may decode to: PCM holds at most 1 per byte (8-bit),
+# lossless and lossy codecs a few hundred on near-constant sound; beyond this the header or
+# the data is lying, and decoding it would exhaust memory before anything else could notice.
+MAX_SAMPLES_PER_BYTE = 4096
+MIN_SAMPLE_BUDGET = 1 << 20
+# Block length used to decode whole files (memory per block, not per file).
+BLOCK_SECONDS = 10.0
 
 
 def to_mono(y: np.ndarray, *, channel: int | None = None, source: str = "audio") -> np.ndarray:
@@ -74,12 +90,16 @@ def check_signal(
     if not np.isfinite(y).all():
         bad = int(np.count_nonzero(~np.isfinite(y)))
         raise AudioReadError(f"{source}: contains {bad} non-finite samples (NaN or inf)")
+    peak = float(np.max(np.abs(y)))
+    if peak > MAX_ABS_SAMPLE:
+        raise AudioReadError(f"{source}: implausible sample values (peak {peak:.3g}; audio lies within +-1, "
+                             f"float files at most a little beyond): corrupt data")
     if y.size < min_samples:
         raise AudioReadError(
             f"{source}: is {y.size / sr:.3f} s long, shorter than one feature window "
             f"({min_samples / sr:.3f} s)"
         )
-    if float(np.max(np.abs(y))) < SILENCE_PEAK:
+    if peak < SILENCE_PEAK:
         raise SilentAudioError(f"{source}: is digitally silent (no sample above -96 dBFS)")
     return y
 
@@ -90,16 +110,135 @@ def _resample(y: np.ndarray, sr_in: int, sr: int) -> np.ndarray:
     return soxr.resample(y, sr_in, sr, quality="HQ").astype(np.float32, copy=False)
 
 
-def _open(path: Path) -> sf.SoundFile:
-    if not path.exists():
-        raise AudioReadError(f"{path}: no such file")
-    if path.is_dir():
-        raise AudioReadError(f"{path}: is a directory, not an audio file")
+def check_sample_rate(sr_in, *, source: str = "audio") -> int:
+    """A plausible input sample rate as an ``int``; anything else is an :class:`AudioReadError`.
+
+    A rate outside ``[MIN_SAMPLE_RATE, MAX_SAMPLE_RATE]`` is a broken or hostile header:
+    a 96 KB file claiming 1 Hz would resample to 13 hours of audio.
+    """
+    if isinstance(sr_in, bool) or not isinstance(sr_in, (int, np.integer, float, np.floating)):
+        raise AudioReadError(f"{source}: sample rate must be a number of Hz, not {sr_in!r}")
+    if not np.isfinite(sr_in) or float(sr_in) != int(sr_in):
+        raise AudioReadError(f"{source}: sample rate must be a whole number of Hz, not {sr_in!r}")
+    rate = int(sr_in)
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise AudioReadError(f"{source}: implausible sample rate {rate} Hz "
+                             f"(accepted: {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz)")
+    return rate
+
+
+@dataclasses.dataclass(frozen=True)
+class AudioInfo:
+    """What a file's header says, after :func:`audio_info` checked it is plausible.
+
+    ``frames`` is the header's claim; readers trust only the data they decode.
+    """
+
+    path: str
+    samplerate: int
+    channels: int
+    frames: int
+    format: str
+    subtype: str
+    size: int
+
+    @property
+    def seconds(self) -> float:
+        return self.frames / self.samplerate
+
+    def chain(self) -> dict:
+        """The recording chain a model records and compares: rate, format, channels."""
+        return {"sample_rate": self.samplerate, "format": self.format, "channels": self.channels}
+
+
+def max_samples_for(size: int) -> int:
+    """The most samples (frames x channels) a file of ``size`` bytes may plausibly decode to."""
+    return MAX_SAMPLES_PER_BYTE * max(int(size), 0) + MIN_SAMPLE_BUDGET
+
+
+def _regular_file(path: Path) -> int:
+    """``path``'s size; refuses what is missing, a folder, a FIFO, a device or a socket.
+
+    Checked with ``stat`` before any ``open``: opening a FIFO blocks until a writer appears.
+    """
     try:
-        return sf.SoundFile(path)
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise AudioReadError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise AudioReadError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise AudioReadError(f"{path}: is a directory, not an audio file")
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode) else "a device" if
+                stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode)
+                else "not a regular file")
+        raise AudioReadError(f"{path}: is {kind}, not an audio file")
+    return int(st.st_size)
+
+
+def _open(path: Path) -> tuple[sf.SoundFile, AudioInfo]:
+    size = _regular_file(path)
+    if size == 0:
+        raise AudioReadError(f"{path}: is empty (0 bytes), not an audio file")
+    try:
+        f = sf.SoundFile(path)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, OSError) as exc:
         reason = str(exc).split(":", 1)[-1].strip() or type(exc).__name__
         raise AudioReadError(f"{path}: not a readable audio file ({reason})") from None
+    try:
+        rate = check_sample_rate(f.samplerate, source=str(path))
+        if not 1 <= f.channels <= MAX_CHANNELS:
+            raise AudioReadError(f"{path}: implausible channel count {f.channels} (accepted: 1-{MAX_CHANNELS})")
+        if f.frames * f.channels > max_samples_for(size):
+            raise AudioReadError(f"{path}: header claims {f.frames:,} frames x {f.channels} channels, far more "
+                                 f"than {size:,} bytes can hold (corrupt or hostile header)")
+        info = AudioInfo(str(path), rate, int(f.channels), int(f.frames), str(f.format), str(f.subtype), size)
+    except BaseException:
+        f.close()
+        raise
+    return f, info
+
+
+def audio_info(path: str | os.PathLike) -> AudioInfo:
+    """The checked header of an audio file (rate, channels, claimed length, format), without decoding it.
+
+    Raises
+    ------
+    AudioReadError
+        Missing, not a regular file, unreadable, or a header with an implausible sample
+        rate, channel count or length for the file's size.
+    """
+    f, info = _open(Path(path))
+    f.close()
+    return info
+
+
+def iter_raw_blocks(path: str | os.PathLike, *, block_seconds: float = 1.0) -> Iterator[tuple[np.ndarray, AudioInfo]]:
+    """Decode a file block by block at its own rate: ``(block (frames, channels) float32, info)``.
+
+    Only decoded data counts: a header that claims more frames than the file holds ends
+    when the data ends (soundfile's own ``blocks`` would repeat stale buffers up to the
+    claim), and decoding stops with an :class:`AudioReadError` once the samples exceed
+    what the file's size allows. Memory is one block.
+    """
+    path = Path(path)
+    f, info = _open(path)
+    with f:
+        frames = max(1, int(round(block_seconds * info.samplerate)))
+        budget, decoded = max_samples_for(info.size), 0
+        while True:
+            try:
+                block = f.read(frames, dtype="float32", always_2d=True)
+            except (sf.LibsndfileError, RuntimeError, ValueError, MemoryError) as exc:
+                raise AudioReadError(f"{path}: audio data is corrupt ({exc})") from None
+            if block.shape[0] == 0:
+                return
+            decoded += block.size
+            if decoded > budget:
+                raise AudioReadError(f"{path}: decodes to more than {budget:,} samples, far more than "
+                                     f"{info.size:,} bytes can hold (corrupt file)")
+            yield block, info
 
 
 def load_audio(
@@ -129,19 +268,21 @@ def load_audio(
     Raises
     ------
     AudioReadError
-        Missing, unreadable, empty, too short, non-finite or (``SilentAudioError``)
-        digitally silent audio; the message starts with the path.
+        Missing, not a regular file, unreadable, implausible header (rate, length),
+        empty, too short, non-finite or (``SilentAudioError``) digitally silent audio;
+        the message starts with the path.
     """
     path = Path(path)
-    with _open(path) as f:
-        try:
-            data = f.read(dtype="float32", always_2d=True)
-        except (sf.LibsndfileError, RuntimeError) as exc:
-            raise AudioReadError(f"{path}: audio data is corrupt ({exc})") from None
-        sr_in = f.samplerate
-    if data.shape[0] == 0:
+    parts, sr_in = [], None
+    # Block by block: multichannel data is downmixed as it arrives, so memory peaks at
+    # the mono signal, not at the whole file's channels (nor at what its header claims).
+    for block, info in iter_raw_blocks(path, block_seconds=BLOCK_SECONDS):
+        sr_in = info.samplerate
+        parts.append(to_mono(block, channel=channel, source=str(path)))
+    if not parts:
         raise AudioReadError(f"{path}: contains no audio samples (header only)")
-    y = to_mono(data, channel=channel, source=str(path))
+    y = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    del parts
     if not np.isfinite(y).all():
         # Check before resampling: soxr would smear one NaN over the whole clip.
         check_signal(y, source=str(path))
@@ -166,23 +307,80 @@ def read_blocks(
     np.ndarray [shape=(<= block_seconds * sr,), dtype=float32]
     """
     path = Path(path)
-    with _open(path) as f:
-        sr_in = f.samplerate
-        stream = soxr.ResampleStream(sr_in, sr, 1, dtype="float32", quality="HQ") if sr_in != sr else None
-        frames = max(1, int(round(block_seconds * sr_in)))
-        try:
-            for block in f.blocks(blocksize=frames, dtype="float32", always_2d=True):
-                y = to_mono(block, channel=channel, source=str(path))
-                if stream is not None:
-                    y = stream.resample_chunk(y)
-                if y.size:
-                    yield y
-        except (sf.LibsndfileError, RuntimeError) as exc:
-            raise AudioReadError(f"{path}: audio data is corrupt ({exc})") from None
+    stream = None
+    for block, info in iter_raw_blocks(path, block_seconds=block_seconds):
+        if stream is None and info.samplerate != sr:
+            stream = soxr.ResampleStream(info.samplerate, sr, 1, dtype="float32", quality="HQ")
+        y = to_mono(block, channel=channel, source=str(path))
         if stream is not None:
-            tail = stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
-            if tail.size:
-                yield tail
+            y = stream.resample_chunk(y)
+        if y.size:
+            yield y
+    if stream is not None:
+        tail = stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
+        if tail.size:
+            yield tail
+
+
+def load_clip(
+    clip,
+    *,
+    sr: int = SAMPLE_RATE,
+    channel: int | None = None,
+    min_samples: int = 1,
+    name: str | None = None,
+) -> np.ndarray:
+    """Any clip the Python API accepts as a validated mono float32 signal at ``sr``.
+
+    Parameters
+    ----------
+    clip : path-like, np.ndarray or (np.ndarray, int)
+        A file, a signal already at ``sr``, or a ``(signal, sample_rate)`` tuple.
+    name : str or None
+        How the clip is named in messages (default: its path, or ``array``).
+
+    Raises
+    ------
+    AudioReadError
+        Anything that is not one of those shapes, an implausible rate, or audio that
+        :func:`check_signal` refuses.
+    """
+    if isinstance(clip, (str, os.PathLike)):
+        return load_audio(clip, sr=sr, channel=channel, min_samples=min_samples)
+    source = name or "array"
+    if isinstance(clip, tuple):
+        if len(clip) != 2:
+            raise AudioReadError(f"{source}: a clip tuple must be (signal, sample_rate), got {len(clip)} items")
+        y, rate = clip
+        rate = check_sample_rate(rate, source=source)
+        y = to_mono(_as_signal(y, source), channel=channel, source=source)
+        check_signal(y, sr=rate, source=source)  # NaNs must not reach the resampler
+        y = _resample(y, rate, sr)
+    else:
+        y = to_mono(_as_signal(clip, source), channel=channel, source=source)
+    return check_signal(y, sr=sr, min_samples=min_samples, source=source)
+
+
+def _as_signal(y, source: str) -> np.ndarray:
+    if isinstance(y, (str, bytes, os.PathLike)) or y is None:
+        raise AudioReadError(f"{source}: expected a signal (array of samples), got {type(y).__name__}")
+    try:
+        out = np.asarray(y, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise AudioReadError(f"{source}: not an array of samples ({exc})") from None
+    return out
+
+
+def clip_chain(clip, *, sr: int = SAMPLE_RATE) -> dict:
+    """The recording chain of a clip (input rate, format, channels), as a model records it."""
+    if isinstance(clip, (str, os.PathLike)):
+        return audio_info(clip).chain()
+    if isinstance(clip, tuple) and len(clip) == 2:
+        y, rate = clip
+    else:
+        y, rate = clip, sr
+    shape = np.shape(y)
+    return {"sample_rate": int(rate), "format": "array", "channels": int(shape[1]) if len(shape) == 2 else 1}
 
 
 def find_audio_files(
@@ -204,3 +402,36 @@ def find_audio_files(
         else:
             out.append(p)
     return out
+
+
+def read_excerpt(
+    path: str | os.PathLike,
+    *,
+    offset: float,
+    seconds: float,
+    sr: int = SAMPLE_RATE,
+    channel: int | None = None,
+) -> np.ndarray:
+    """``seconds`` of a file from ``offset`` (seconds) as mono float32 at ``sr``, reading only that part.
+
+    Returns
+    -------
+    np.ndarray [shape=(<= seconds * sr,), dtype=float32]
+    """
+    path = Path(path)
+    f, _ = _open(path)
+    with f:
+        try:
+            f.seek(min(int(offset * f.samplerate), max(f.frames - 1, 0)))
+            data = f.read(int(seconds * f.samplerate) + 1, dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError) as exc:
+            raise AudioReadError(f"{path}: audio data is corrupt ({exc})") from None
+        sr_in = f.samplerate
+    return _resample(to_mono(data, channel=channel, source=str(path)), sr_in, sr)
+
+
+def audio_duration(path: str | os.PathLike) -> float:
+    """Length of a file in seconds, from its header (nothing decoded)."""
+    path = Path(path)
+    with _open(path) as f:
+        return f.frames / f.samplerate if f.samplerate else 0.0

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from machine_monitor.audio.io import SAMPLE_RATE, to_mono
-from machine_monitor.errors import AudioDeviceError, AudioReadError
+from machine_monitor.audio.io import SAMPLE_RATE, audio_info, check_sample_rate, iter_raw_blocks, to_mono
+from machine_monitor.errors import AudioDeviceError, AudioReadError, MachineMonitorError
 
 log = logging.getLogger(__name__)
 
@@ -219,12 +219,19 @@ class ArraySource(Source):
     def __init__(self, y: np.ndarray, sr: int = SAMPLE_RATE, *, speed: float = 1.0, name: str = "array",
                  channel: int | None = None, queue_seconds: float = 10.0, block_seconds: float = 0.1):
         super().__init__(channel=channel, queue_seconds=queue_seconds, block_seconds=block_seconds)
-        self.y = np.asarray(y, dtype=np.float32)
-        self.rate = int(sr)
+        try:
+            self.y = np.asarray(y, dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise AudioReadError(f"{name}: not an array of samples ({exc})") from None
+        self.rate = check_sample_rate(sr, source=name)
         self.speed = float(speed)
+        if not np.isfinite(self.speed) or self.speed < 0:
+            raise AudioReadError(f"{name}: replay speed must be >= 0 (0 = as fast as possible), not {speed!r}")
         self.name = name
         self._thread: threading.Thread | None = None
         self._halt = threading.Event()
+        self._error: BaseException | None = None
+        self._ended = False
 
     def describe(self) -> str:
         return self.name
@@ -235,6 +242,14 @@ class ArraySource(Source):
             yield self.y[i:i + step]
 
     def _produce(self) -> None:
+        # A replay thread that dies must not leave the consumer waiting for ever: the
+        # exception is kept and raised by read() (see _check_alive).
+        try:
+            self._replay()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer's thread
+            self._error = exc
+
+    def _replay(self) -> None:
         t0, sent = time.monotonic(), 0
         for block in self._blocks():
             if self._halt.is_set():
@@ -255,13 +270,27 @@ class ArraySource(Source):
         while not self._halt.is_set():
             try:
                 self._queue.put(None, timeout=0.1)
+                self._ended = True
                 return
             except queue.Full:
                 continue
 
+    def _check_alive(self) -> None:
+        """Raise the replay thread's error, or an error if it ended without finishing the input."""
+        exc = self._error
+        if exc is not None:
+            if isinstance(exc, MachineMonitorError) and not isinstance(exc, AudioDeviceError):
+                raise exc
+            # Never AudioDeviceError: the monitor would re-open and replay the file again, for ever.
+            raise AudioReadError(f"{self.describe()}: replay failed ({type(exc).__name__}: {exc})") from exc
+        thread = self._thread
+        if thread is not None and not thread.is_alive() and not self._ended and self._queue.empty():
+            raise AudioReadError(f"{self.describe()}: replay stopped before the end of the input")
+
     def start(self) -> None:
         self._open_queue(self.rate)
         self.finished = False
+        self._error, self._ended = None, False
         self._halt.clear()
         self._thread = threading.Thread(target=self._produce, name=f"replay-{self.name}", daemon=True)
         self._thread.start()
@@ -276,34 +305,30 @@ class ArraySource(Source):
 class FileSource(ArraySource):
     """Replay an audio file at real-time pace (``speed=1``) through the live path.
 
-    Blocks are read from the file as they are due, so memory stays bounded
-    whatever the file's length.
+    Blocks are read from the file as they are due (:func:`~machine_monitor.audio.io.iter_raw_blocks`,
+    the one audio reader), so memory stays bounded whatever the file's length. A file
+    that breaks mid-replay raises :class:`AudioReadError` from :meth:`read`.
     """
 
     def __init__(self, path: str | os.PathLike, *, speed: float = 1.0, channel: int | None = None,
                  queue_seconds: float = 10.0, block_seconds: float = 0.1):
-        import soundfile as sf
-
         self.path = Path(path)
-        if not self.path.is_file():
-            raise AudioReadError(f"{self.path}: no such file")
-        try:
-            info = sf.info(str(self.path))
-        except (sf.LibsndfileError, RuntimeError) as exc:
-            raise AudioReadError(f"{self.path}: not a readable audio file ({exc})") from None
-        if info.frames == 0:
+        self.info = audio_info(self.path)  # refuses folders, FIFOs, devices, implausible headers
+        if self.info.frames == 0:
             raise AudioReadError(f"{self.path}: contains no audio samples (header only)")
-        if channel is not None and not 0 <= channel < info.channels:
-            raise AudioReadError(f"{self.path}: has {info.channels} channels, cannot use --channel {channel}")
-        super().__init__(np.zeros(0, dtype=np.float32), info.samplerate, speed=speed, name=str(self.path),
+        if channel is not None and not 0 <= channel < self.info.channels:
+            raise AudioReadError(f"{self.path}: has {self.info.channels} channels, cannot use channel {channel}")
+        super().__init__(np.zeros(0, dtype=np.float32), self.info.samplerate, speed=speed, name=str(self.path),
                          channel=channel, queue_seconds=queue_seconds, block_seconds=block_seconds)
 
-    def _blocks(self):
-        import soundfile as sf
+    @property
+    def seconds(self) -> float:
+        """Length of the file according to its (checked) header."""
+        return self.info.seconds
 
-        step = max(1, int(round(self.block_seconds * self.rate)))
-        with sf.SoundFile(str(self.path)) as f:
-            yield from f.blocks(blocksize=step, dtype="float32", always_2d=True)
+    def _blocks(self):
+        for block, _ in iter_raw_blocks(self.path, block_seconds=self.block_seconds):
+            yield block
 
 
 class LiveSource(Source):

@@ -1,0 +1,249 @@
+"""Bad-clip screening before training: leave out clips that do not belong.
+
+One constant (DC) clip among 40 good ones raised a detector's threshold 10,000-fold; one
+clip at half level hid every fault. Training assumes every clip is normal sound of *this*
+machine through *this* recording chain, so clips that plainly are not are left out, named
+in a warning and recorded in ``model.json``, before anything is fitted to them.
+
+What a clip is compared on (robust statistics across the training clips: median and
+MAD, so the odd clips cannot hide by moving the reference):
+
+* **constant / DC**: almost all of its energy is a constant offset (a dead microphone,
+  a DC-coupled fault), or it has no AC signal at all;
+* **level**: its RMS level (dB) against the other clips';
+* **spectrum**: its mean power in 32 bands (dB) against the other clips', band by band;
+* **chain**: its file's sample rate or channel count differs from most clips' (a clip
+  from another microphone or recorder).
+
+A clip is left out only when it is far outside the spread of the others (and by an
+absolute minimum, so near-identical synthetic clips do not make every small difference
+look odd). With fewer than :data:`MIN_CLIPS_FOR_STATISTICS` clips only the absolute
+check (constant / DC) runs. A clip that has close neighbours (a few other clips like it: a second
+operating mode, another domain) is a mode of normal sound and is kept. When screening
+would leave out half the clips or more,
+there is no majority to call "normal": training is refused rather than guessed.
+
+Statistics are accumulated block by block (:class:`ClipStats`), so a three-hour file
+costs one block of memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections import Counter
+from collections.abc import Sequence
+
+import numpy as np
+
+from machine_monitor.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+SR = 16_000
+N_FFT = 1024
+N_BANDS = 32
+#: Below this many clips, spreads are not estimated (only the constant/DC check runs).
+MIN_CLIPS_FOR_STATISTICS = 5
+#: A clip is odd when its deviation exceeds this many robust standard deviations ...
+Z_LIMIT = 5.0
+#: ... and at least this many dB (level; mean over the spectrum's worst quarter of bands).
+MIN_LEVEL_DB = 4.5
+MIN_SPECTRUM_DB = 10.0
+#: Robust standard deviations never count as smaller than this (dB): identical clips.
+SCALE_FLOOR_DB = 0.75
+#: Share of a clip's power that may be a constant offset before it counts as DC.
+DC_SHARE = 0.99
+#: A clip with this share of the clips (at least 1, at most 3) close to it is a mode, not odd.
+GROUP_SHARE = 0.05
+#: Share of clips that may be left out; at or above it, training is refused.
+MAX_LEFT_OUT = 0.5
+
+
+def _band_edges(n_bins: int, n_bands: int = N_BANDS) -> np.ndarray:
+    # Log-spaced from ~60 Hz to Nyquist: resolution where machines hum, coarse above.
+    lo = np.log10(4)
+    edges = np.unique(np.round(np.logspace(lo, np.log10(n_bins), n_bands + 1)).astype(int))
+    edges[0] = 1  # DC bin excluded: it is judged by the DC check
+    return edges
+
+
+@dataclasses.dataclass
+class ClipStats:
+    """Running statistics of one clip's 16 kHz mono signal, fed block by block."""
+
+    name: str
+    chain: dict | None = None
+    n: int = 0
+    total: float = 0.0
+    total_sq: float = 0.0
+    frames: int = 0
+    psd: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(N_FFT // 2 + 1))
+    _carry: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, dtype=np.float32), repr=False)
+
+    def update(self, y: np.ndarray) -> ClipStats:
+        """Add the next block of the clip (any length)."""
+        y = np.asarray(y, dtype=np.float32)
+        finite = y[np.isfinite(y)]
+        self.n += finite.size
+        self.total += float(finite.sum(dtype=np.float64))
+        self.total_sq += float(np.dot(finite.astype(np.float64), finite.astype(np.float64)))
+        buf = np.concatenate([self._carry, np.nan_to_num(y)])
+        k = buf.size // N_FFT
+        if k:
+            fr = buf[: k * N_FFT].reshape(k, N_FFT)
+            fr = fr - fr.mean(axis=1, keepdims=True)
+            spec = np.fft.rfft(fr * np.hanning(N_FFT).astype(np.float32), axis=1)
+            self.psd += (spec.real ** 2 + spec.imag ** 2).sum(axis=0, dtype=np.float64)
+            self.frames += k
+        self._carry = buf[k * N_FFT:].copy()
+        return self
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.n if self.n else 0.0
+
+    @property
+    def rms(self) -> float:
+        return float(np.sqrt(self.total_sq / self.n)) if self.n else 0.0
+
+    @property
+    def ac_rms(self) -> float:
+        return float(np.sqrt(max(self.total_sq / self.n - self.mean ** 2, 0.0))) if self.n else 0.0
+
+    @property
+    def dc_share(self) -> float:
+        """Share of the clip's power in its constant offset."""
+        return (self.mean ** 2) / (self.total_sq / self.n) if self.n and self.total_sq > 0 else 0.0
+
+    @property
+    def level_db(self) -> float:
+        return 20.0 * np.log10(self.ac_rms + 1e-12)
+
+    def bands_db(self) -> np.ndarray:
+        """Mean power per band, dB ``(N_BANDS,)`` (``-inf``-free)."""
+        psd = self.psd / max(self.frames, 1)
+        edges = _band_edges(psd.size)
+        bands = np.array([psd[a:b].sum() for a, b in zip(edges[:-1], edges[1:])])
+        return 10.0 * np.log10(bands + 1e-12)
+
+
+def signal_stats(y: np.ndarray, name: str, *, chain: dict | None = None, block: int = 10 * SR) -> ClipStats:
+    """:class:`ClipStats` of a whole signal."""
+    s = ClipStats(name, chain=chain)
+    for i in range(0, max(len(y), 1), block):
+        s.update(y[i:i + block])
+    return s
+
+
+@dataclasses.dataclass
+class Screening:
+    """Outcome of :func:`screen_clips`: which clips to keep and why the others were left out."""
+
+    keep: np.ndarray  # bool (n_clips,)
+    left_out: list[dict]  # {"clip", "reason"} per clip left out, in input order
+    statistics: dict  # the reference the clips were compared with (for model.json)
+
+    def record(self) -> dict:
+        """What ``model.json`` records."""
+        return {"left_out": self.left_out, "n_clips": int(self.keep.size), "n_kept": int(self.keep.sum()),
+                **self.statistics}
+
+
+def _robust(x: np.ndarray, axis: int = 0, floor: float = SCALE_FLOOR_DB) -> tuple[np.ndarray, np.ndarray]:
+    med = np.median(x, axis=axis)
+    mad = np.median(np.abs(x - np.expand_dims(med, axis)), axis=axis)
+    return med, np.maximum(1.4826 * mad, floor)
+
+
+def screen_clips(stats: Sequence[ClipStats], *, min_keep: int = 2, refuse: bool = True) -> Screening:
+    """Decide which training clips belong (see the module docstring).
+
+    Parameters
+    ----------
+    stats : sequence of ClipStats
+        One per clip, in input order.
+    min_keep : int
+        Fewest clips training needs; fewer left is a :class:`ConfigError`.
+    refuse : bool
+        Raise :class:`ConfigError` when too few clips remain (else just report).
+
+    Returns
+    -------
+    Screening
+    """
+    n = len(stats)
+    reasons: dict[int, list[str]] = {}
+
+    def odd(i: int, why: str) -> None:
+        reasons.setdefault(i, []).append(why)
+
+    for i, s in enumerate(stats):
+        if s.n and (s.dc_share >= DC_SHARE or s.ac_rms < 1e-6):
+            odd(i, f"constant signal (DC offset {s.mean:+.3g}, {100 * s.dc_share:.1f} % of its power)")
+    statistics: dict = {"method": "median/MAD across clips", "z_limit": Z_LIMIT}
+    if n >= MIN_CLIPS_FOR_STATISTICS:
+        ok = [i for i in range(n) if i not in reasons]
+        # Chain: a file recorded at another rate or channel count than most clips.
+        chains = [(s.chain or {}).get("sample_rate") for s in stats]
+        chans = [(s.chain or {}).get("channels") for s in stats]
+        for what, values, unit in (("sample rate", chains, " Hz"), ("channel count", chans, "")):
+            known = [v for v in values if v is not None]
+            if len(known) >= MIN_CLIPS_FOR_STATISTICS:
+                common, count = Counter(known).most_common(1)[0]
+                if count >= 0.75 * len(known):
+                    statistics[what.replace(" ", "_")] = common
+                    for i, v in enumerate(values):
+                        if v is not None and v != common:
+                            odd(i, f"{what} {v}{unit}, most clips {common}{unit} (another recording chain)")
+        if len(ok) >= MIN_CLIPS_FOR_STATISTICS:
+            level = np.array([s.level_db for s in stats])
+            med, scale = _robust(level[ok])
+            statistics.update(level_db_median=float(med), level_db_scale=float(scale))
+            for i in range(n):
+                dev = level[i] - med
+                if i not in reasons and abs(dev) > max(Z_LIMIT * scale, MIN_LEVEL_DB):
+                    odd(i, f"level {level[i]:.1f} dB, {dev:+.1f} dB from the clips' median "
+                        f"(spread {scale:.1f} dB)")
+            bands = np.array([s.bands_db() for s in stats])
+            bmed, bscale = _robust(bands[ok], axis=0)
+            # Deviation of a clip: its worst quarter of bands, in dB and in robust spreads.
+            dev_db = np.abs(bands - bmed)
+            q = max(1, N_BANDS // 4)
+            worst_db = np.sort(dev_db, axis=1)[:, -q:].mean(axis=1)
+            worst_z = np.sort(dev_db / bscale, axis=1)[:, -q:].mean(axis=1)
+            statistics.update(spectrum_bands=N_BANDS)
+            for i in range(n):
+                if i not in reasons and worst_z[i] > Z_LIMIT and worst_db[i] > MIN_SPECTRUM_DB:
+                    odd(i, f"spectrum {worst_db[i]:.0f} dB away from the clips' median in its "
+                        f"{q} most different bands ({worst_z[i]:.0f} spreads)")
+            # A clip with enough close neighbours is a mode of normal sound (another speed,
+            # another season, a second domain), not an odd clip: keep it. Constant and
+            # chain findings stand regardless.
+            group = max(1, min(3, int(np.ceil(GROUP_SHARE * n))))
+            for i in [i for i in reasons if all(r.startswith(("level", "spectrum")) for r in reasons[i])]:
+                d_band = np.sort(np.abs(bands - bands[i]), axis=1)[:, -q:].mean(axis=1)
+                close = (d_band < MIN_SPECTRUM_DB / 2) & (np.abs(level - level[i]) < MIN_LEVEL_DB / 2)
+                close[i] = False
+                if close.sum() >= group:
+                    del reasons[i]
+    keep = np.ones(n, dtype=bool)
+    left = []
+    for i in sorted(reasons):
+        keep[i] = False
+        left.append({"clip": stats[i].name, "reason": "; ".join(reasons[i])})
+    result = Screening(keep=keep, left_out=left, statistics=statistics)
+    if refuse:
+        n_keep = int(keep.sum())
+        if n_keep < min_keep or (left and len(left) >= MAX_LEFT_OUT * n):
+            listed = "; ".join(f"{d['clip']}: {d['reason']}" for d in left[:5])
+            more = f" (and {len(left) - 5} more)" if len(left) > 5 else ""
+            raise ConfigError(f"only {n_keep} of {n} training clips look like the same machine and recording "
+                              f"chain, too few to learn 'normal' from; left out {listed}{more}")
+    return result
+
+
+def warn_left_out(screening: Screening) -> None:
+    """One warning per clip left out, naming it and the reason."""
+    for d in screening.left_out:
+        log.warning("%s: left out of training: %s", d["clip"], d["reason"])
