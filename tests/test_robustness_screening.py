@@ -1,0 +1,106 @@
+"""Bad-clip screening: clips that do not belong are left out (named), a majority of odd clips is refused."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from machine_monitor.errors import ConfigError
+from machine_monitor.screening import ClipStats, screen_clips, signal_stats, warn_left_out
+from tests.conftest import hum
+
+CHAIN = {"sample_rate": 16_000, "format": "WAV", "channels": 1}
+
+
+def good(n=12, seconds=2.0):
+    return [signal_stats(hum(seconds, seed=s), f"good{s}.wav", chain=CHAIN) for s in range(n)]
+
+
+def reasons(result):
+    return {d["clip"]: d["reason"] for d in result.left_out}
+
+
+def test_constant_clip_is_left_out_and_named():
+    dc = signal_stats(np.full(32_000, 0.3, np.float32), "dc.wav", chain=CHAIN)
+    r = screen_clips(good() + [dc])
+    assert list(reasons(r)) == ["dc.wav"]
+    assert reasons(r)["dc.wav"].startswith("constant signal (DC offset +0.3")
+    assert r.keep.tolist() == [True] * 12 + [False]
+
+
+def test_half_level_and_double_level_clips_are_left_out():
+    half = signal_stats(hum(2.0, seed=40) * 0.5, "half.wav", chain=CHAIN)
+    loud = signal_stats(hum(2.0, seed=41) * 2.0, "loud.wav", chain=CHAIN)
+    r = screen_clips(good() + [half, loud])
+    assert reasons(r)["half.wav"].startswith("level") and "-6.0 dB" in reasons(r)["half.wav"]
+    assert "+6.0 dB" in reasons(r)["loud.wav"]
+    assert len(r.left_out) == 2
+
+
+def test_clip_from_another_recording_chain_is_left_out():
+    other = signal_stats(hum(2.0, seed=50), "phone.ogg", chain={"sample_rate": 44_100, "format": "OGG", "channels": 2})
+    r = screen_clips(good() + [other])
+    assert "sample rate 44100 Hz, most clips 16000 Hz" in reasons(r)["phone.ogg"]
+    assert "channel count 2" in reasons(r)["phone.ogg"]
+
+
+def test_clip_with_another_spectrum_is_left_out_but_a_group_of_them_is_a_mode():
+    def screech(seed):
+        # Same level as the others, energy two octaves higher.
+        return signal_stats(hum(2.0, seed=seed, f0=2_400.0), f"s{seed}.wav", chain=CHAIN)
+
+    r = screen_clips(good(20) + [screech(60)])
+    assert "spectrum" in reasons(r)["s60.wav"]
+    # Three clips like it: another operating mode of the machine, kept.
+    r = screen_clips(good(20) + [screech(60), screech(61), screech(62), screech(63)])
+    assert r.left_out == []
+
+
+def test_natural_spread_is_not_screened():
+    rng = np.random.default_rng(0)
+    clips = [signal_stats(hum(2.0, seed=s) * rng.uniform(0.8, 1.25), f"c{s}", chain=CHAIN) for s in range(30)]
+    assert screen_clips(clips).left_out == []
+
+
+def test_refuses_when_too_few_clips_remain():
+    dc = [signal_stats(np.full(32_000, v, np.float32), f"dc{v}.wav") for v in (0.1, 0.2)]
+    with pytest.raises(ConfigError, match=r"only 1 of 3 training clips .* left out dc0\.1\.wav: constant signal"):
+        screen_clips([signal_stats(hum(2.0), "ok.wav")] + dc)
+    # Half of the clips odd: no majority says what normal is.
+    dead = [signal_stats(np.full(32_000, 0.1 * s, np.float32), f"dead{s}.wav", chain=CHAIN) for s in range(1, 5)]
+    with pytest.raises(ConfigError, match=r"only 4 of 8 training clips .* too few to learn"):
+        screen_clips(good(4) + dead)
+
+
+def test_with_few_clips_only_the_absolute_check_runs():
+    # Two or three clips cannot estimate a spread: a quieter one is kept, a constant one is not.
+    r = screen_clips([signal_stats(hum(2.0), "a"), signal_stats(hum(2.0, seed=1) * 0.5, "b"),
+                      signal_stats(hum(2.0, seed=2), "c")])
+    assert r.left_out == []
+
+
+def test_blockwise_statistics_equal_whole_signal_statistics():
+    y = hum(7.3, seed=3)
+    whole = signal_stats(y, "a", block=len(y))
+    parts = ClipStats("a")
+    for i in range(0, len(y), 12_345):
+        parts.update(y[i:i + 12_345])
+    assert parts.level_db == pytest.approx(whole.level_db, abs=1e-6)
+    assert np.allclose(parts.bands_db(), whole.bands_db(), atol=1e-3)
+
+
+def test_warning_names_each_clip(caplog):
+    dc = signal_stats(np.full(32_000, 0.3, np.float32), "dc.wav", chain=CHAIN)
+    with caplog.at_level(logging.WARNING):
+        warn_left_out(screen_clips(good() + [dc]))
+    assert "dc.wav: left out of training: constant signal" in caplog.text
+
+
+def test_record_is_json_ready():
+    import json
+
+    r = screen_clips(good() + [signal_stats(np.full(32_000, 0.3, np.float32), "dc.wav", chain=CHAIN)])
+    rec = json.loads(json.dumps(r.record()))
+    assert rec["n_clips"] == 13 and rec["n_kept"] == 12 and rec["left_out"][0]["clip"] == "dc.wav"
