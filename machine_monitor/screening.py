@@ -36,7 +36,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from machine_monitor.errors import ConfigError
+from machine_monitor.errors import AudioReadError, ConfigError, SilentAudioError
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +126,97 @@ class ClipStats:
         edges = _band_edges(psd.size)
         bands = np.array([psd[a:b].sum() for a, b in zip(edges[:-1], edges[1:])])
         return 10.0 * np.log10(bands + 1e-12)
+
+
+#: Files longer than this are read in blocks (bounded memory); shorter ones whole, as scoring reads them.
+LONG_FILE_SECONDS = 60.0
+#: Feature frames are computed on blocks of this many seconds (the STFT of an hour at once is ~1 GB).
+FEATURE_BLOCK_SECONDS = 10.0
+
+
+def read_training_clip(clip, config, *, channel: int | None = None, name: str | None = None):
+    """One training clip's feature frames and :class:`ClipStats`, in bounded memory.
+
+    A long file is streamed (:func:`~machine_monitor.audio.io.read_blocks`, as scan reads
+    it); a short file or an array is read whole. Either way frames are computed block by
+    block with the STFT's overlap carried over, so they equal ``frames(y, config)`` of the
+    whole signal, and memory is the frames plus one block whatever the clip's length.
+    The clip is validated as :func:`~machine_monitor.audio.io.check_signal` does.
+
+    Returns
+    -------
+    frames : np.ndarray [shape=(n_frames, frame_dims), dtype=float32]
+    stats : ClipStats
+    """
+    import os
+
+    from machine_monitor.audio.io import (
+        MAX_ABS_SAMPLE,
+        SILENCE_PEAK,
+        audio_info,
+        check_signal,
+        load_audio,
+        load_clip,
+        read_blocks,
+    )
+    from machine_monitor.features import frames as feature_frames
+
+    sr = config.sr
+    block = int(FEATURE_BLOCK_SECONDS * sr)
+    if isinstance(clip, (str, os.PathLike)):
+        name = str(clip)
+        info = audio_info(clip)
+        stats = ClipStats(name, chain=info.chain())
+        if info.seconds > LONG_FILE_SECONDS:
+            blocks = read_blocks(clip, block_seconds=FEATURE_BLOCK_SECONDS, sr=sr, channel=channel)
+        else:
+            y = load_audio(clip, sr=sr, channel=channel, min_samples=config.min_samples)
+            blocks = (y[i:i + block] for i in range(0, y.size, block))
+    else:
+        from machine_monitor.audio.io import clip_chain
+
+        name = name or "array"
+        y = load_clip(clip, sr=sr, channel=channel, min_samples=config.min_samples, name=name)
+        try:
+            chain = clip_chain(clip, sr=sr)
+        except Exception:  # noqa: BLE001 - the chain is informative only
+            chain = None
+        stats = ClipStats(name, chain=chain)
+        blocks = (y[i:i + block] for i in range(0, y.size, block))
+    parts, carry, peak = [], np.zeros(0, dtype=np.float32), 0.0
+    for b in blocks:
+        if not np.isfinite(b).all():
+            check_signal(b, sr=sr, source=name)  # raises, naming the non-finite samples
+        peak = max(peak, float(np.max(np.abs(b))) if b.size else 0.0)
+        if peak > MAX_ABS_SAMPLE:
+            check_signal(b, sr=sr, source=name)
+        stats.update(b)
+        buf = np.concatenate([carry, b]) if carry.size else b
+        k = config.n_frames(buf.size)
+        if k:
+            parts.append(feature_frames(buf[: (k - 1) * config.hop_length + _first(config)], config))
+        carry = buf[k * config.hop_length:].copy()
+    if stats.n == 0:
+        raise AudioReadError(f"{name}: contains no audio samples")
+    if stats.n < config.min_samples:
+        raise AudioReadError(f"{name}: is {stats.n / sr:.3f} s long, shorter than one feature window "
+                             f"({config.min_samples / sr:.3f} s)")
+    if peak < SILENCE_PEAK:
+        raise SilentAudioError(f"{name}: is digitally silent (no sample above -96 dBFS)")
+    f = parts[0] if len(parts) == 1 else np.concatenate(parts) if parts else np.zeros((0, config.frame_dims),
+                                                                                       np.float32)
+    return f, stats
+
+
+def _first(config) -> int:
+    return config.hop_length if config.kind == "raw" else config.n_fft
+
+
+def screen_and_warn(stats: Sequence[ClipStats], *, min_keep: int = 2) -> Screening:
+    """:func:`screen_clips`, then one warning per clip left out."""
+    result = screen_clips(stats, min_keep=min_keep)
+    warn_left_out(result)
+    return result
 
 
 def signal_stats(y: np.ndarray, name: str, *, chain: dict | None = None, block: int = 10 * SR) -> ClipStats:

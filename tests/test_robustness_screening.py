@@ -104,3 +104,40 @@ def test_record_is_json_ready():
     r = screen_clips(good() + [signal_stats(np.full(32_000, 0.3, np.float32), "dc.wav", chain=CHAIN)])
     rec = json.loads(json.dumps(r.record()))
     assert rec["n_clips"] == 13 and rec["n_kept"] == 12 and rec["left_out"][0]["clip"] == "dc.wav"
+
+
+@pytest.mark.parametrize("kind", ["logmel", "raw", "peak"])
+def test_training_clips_are_read_in_blocks_with_the_same_frames(tmp_path, kind, monkeypatch):
+    import soundfile as sf
+
+    import machine_monitor.screening as scr
+    from machine_monitor.audio.io import load_audio
+    from machine_monitor.features import FeatureConfig, frames
+    from machine_monitor.screening import read_training_clip
+
+    cfg = FeatureConfig.for_kind(kind)
+    p = tmp_path / "long.wav"
+    sf.write(p, hum(25.3, seed=4), 16_000, subtype="FLOAT")
+    monkeypatch.setattr(scr, "LONG_FILE_SECONDS", 5.0)  # stream this 25 s file as a long one
+    monkeypatch.setattr(scr, "FEATURE_BLOCK_SECONDS", 3.3)
+    f, stats = read_training_clip(p, cfg)
+    whole = frames(load_audio(p), cfg)
+    assert f.shape == whole.shape
+    assert np.allclose(f, whole, atol=1e-3)
+    assert stats.n == 25.3 * 16_000 and stats.chain["sample_rate"] == 16_000
+
+
+def test_training_clip_validation_names_the_clip(tmp_path):
+    from machine_monitor.errors import AudioReadError, SilentAudioError
+    from machine_monitor.features import FeatureConfig
+    from machine_monitor.screening import read_training_clip
+
+    cfg = FeatureConfig.for_kind("logmel")
+    y = hum(1.0)
+    y[10] = np.nan
+    with pytest.raises(AudioReadError, match=r"array\[3\]: contains 1 non-finite"):
+        read_training_clip(y, cfg, name="array[3]")
+    with pytest.raises(SilentAudioError, match="digitally silent"):
+        read_training_clip(np.zeros(16_000, np.float32), cfg)
+    with pytest.raises(AudioReadError, match="shorter than one feature window"):
+        read_training_clip(hum(0.01), cfg)
