@@ -171,6 +171,11 @@ class EventStore:
             if self.last_id() <= after_id:
                 self._new.wait(timeout)
 
+    def wake(self) -> None:
+        """Wake every :meth:`wait_for_new` (a worker being stopped)."""
+        with self._new:
+            self._new.notify_all()
+
     # -- reading -----------------------------------------------------------------
     def events(self, *, since_id: int = 0, machine: str | None = None, kinds=None, since_epoch: float | None = None,
                until_epoch: float | None = None, limit: int | None = 1000, newest_first: bool = False) -> list[dict]:

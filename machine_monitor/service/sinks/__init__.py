@@ -110,7 +110,9 @@ class DeliveryWorker:
 
     def stop(self, timeout: float | None = 5.0) -> None:
         self._stop.set()
-        self._thread.join(timeout)
+        self.store.wake()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
 
     def drain(self, timeout: float = 10.0) -> bool:
         """Wait until everything stored so far was handled (tests, shutdown); True if it was."""

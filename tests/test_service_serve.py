@@ -1,0 +1,160 @@
+"""`machine-monitor serve` end to end, as on a factory PC: two machines replaying files, one listening
+through PulseAudio's null sink (the real PortAudio path), one whose device does not exist; events
+checked in the store and in every sink (JSONL, webhook receiver, Mosquitto, Prometheus scraped over
+HTTP); `events`, `ack` and `silence` acting on the running service; SIGHUP reload; SIGTERM.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+import soundfile as sf
+
+from machine_monitor.service.store import EventStore
+from tests.conftest import SR
+from tests.test_live_pulse import SINK, play, pulse  # noqa: F401 - fixture
+from tests.test_service_sinks import (
+    Mosquitto,
+    Receiver,
+    Subscriber,
+    free_port,
+    machine_audio,
+    tiny_model,  # noqa: F401 - fixture
+    wait_for,
+)
+
+pytestmark = [pytest.mark.live, pytest.mark.slow]
+
+
+def cli(*args, env=None, timeout=60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "machine_monitor.cli", *args], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
+def machine_table(name, model, **kw) -> str:
+    lines = [f"[machines.{name}]", f'model = "{model}"']
+    lines += [f"{k} = {json.dumps(v)}" for k, v in kw.items()]
+    return "\n".join(lines) + "\n"
+
+
+def config_text(tmp_path, model, *, hook_url, mqtt_port, prom_port, machines: str) -> str:
+    return f"""
+[service]
+store = "events.db"
+heartbeat_seconds = 2
+
+[defaults]
+quiet_seconds = 1.5
+repeat_seconds = 0.6
+
+[sinks.log]
+type = "jsonl"
+path = "alerts.jsonl"
+
+[sinks.hook]
+type = "webhook"
+url = "{hook_url}"
+retry_seconds = 0.2
+retry_max_seconds = 1
+
+[sinks.broker]
+type = "mqtt"
+port = {mqtt_port}
+client_id = "serve-test"
+
+[prometheus]
+port = {prom_port}
+
+{machines}"""
+
+
+def test_serve_several_machines_to_every_sink_with_ack_silence_reload(pulse, tiny_model, tmp_path):  # noqa: F811
+    # Machine audio: "a" turns anomalous after 3 s, "b" stays normal, the microphone turns anomalous after 7 s.
+    sf.write(tmp_path / "a.wav", machine_audio([("n", 3), ("a", 3), ("n", 6)], seed=10), SR)
+    sf.write(tmp_path / "b.wav", machine_audio([("n", 12)], seed=20), SR)
+    sf.write(tmp_path / "c.wav", machine_audio([("n", 1), ("a", 2), ("n", 1)], seed=40), SR)
+    sf.write(tmp_path / "mic.wav", machine_audio([("n", 9), ("a", 5), ("n", 10)], seed=30), SR, subtype="PCM_16")
+    rx = Receiver().start()
+    broker = Mosquitto(tmp_path).start()
+    sub = Subscriber(broker.port, client_id="serve-sub")
+    prom = free_port()
+    machines = (machine_table("a", tiny_model, input="a.wav", speed=2)
+                + machine_table("b", tiny_model, input="b.wav", speed=2)
+                + machine_table("mic", tiny_model, device="pulse", samplerate=16000)
+                + machine_table("ghost", tiny_model, device="no-such-microphone"))
+    text = config_text(tmp_path, tiny_model, hook_url=rx.url, mqtt_port=broker.port, prom_port=prom,
+                       machines=machines)
+    conf = tmp_path / "machines.toml"
+    conf.write_text(text)
+    # Planned maintenance on the microphone's machine, set before the service starts.
+    store = EventStore(tmp_path / "events.db")
+    res = cli("silence", "-c", str(conf), "mic", "--for", "10m", "--reason", "test", "--who", "tester")
+    assert res.returncode == 0 and "silence 1: mic until" in res.stdout, res.stderr
+    player = play(pulse, tmp_path / "mic.wav")  # playing first: the service never hears the idle sink
+    proc = subprocess.Popen([sys.executable, "-m", "machine_monitor.cli", "serve", str(conf)], env=pulse,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        def alert_of(machine):
+            return store.events(machine=machine, kinds=["alert"])
+
+        alert = wait_for(lambda: alert_of("a"), 40, "machine a's alert", interval=0.1)[0]
+        # Acknowledge it from the command line while it fires: its repeats stop.
+        wait_for(lambda: store.events(machine="a", kinds=["alert_repeat"]), 5, "a repeat")
+        res = cli("ack", "--store", str(tmp_path / "events.db"), str(alert["id"]), "--who", "anna")
+        assert res.returncode == 0 and "acknowledged by anna" in res.stdout, res.stderr
+        acked_at = time.time()
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{prom}/metrics", timeout=5).read().decode()
+        assert 'machine_monitor_state{machine="ghost",state="device_lost"} 1.0' in metrics
+        assert 'machine_monitor_score{machine="b"}' in metrics and 'machine_monitor_up{machine="b"} 1.0' in metrics
+        # Reload with one machine more (SIGHUP): the others keep running.
+        conf.write_text(text + machine_table("c", tiny_model, input="c.wav", speed=2))
+        proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: alert_of("c"), 20, "the reloaded machine's alert")
+        wait_for(lambda: alert_of("mic"), 30, "the microphone's alert")
+        wait_for(lambda: store.events(machine="a", kinds=["alert_end"]), 20, "a's alert to end")
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        player.terminate()
+        if proc.poll() is None:
+            proc.kill()
+        rx.stop()
+    try:
+        assert proc.returncode == 130, err
+        assert "Traceback" not in err
+        evs = store.events(limit=None)
+        kinds = {m: [e["event"] for e in evs if e["machine"] == m] for m in ("a", "b", "c", "mic", "ghost")}
+        assert kinds["a"][0] == "alert" and kinds["a"][-1] == "alert_end" and "acknowledged" in kinds["a"]
+        assert not [e for e in evs if e["event"] == "alert_repeat" and e["epoch"] > acked_at + 1.0
+                    and e.get("alert_id") == alert["id"]]
+        assert kinds["b"] == []  # normal sound: not one event
+        assert kinds["c"][0] == "alert"
+        assert kinds["ghost"][:1] == ["device_lost"]
+        mic_alert = next(e for e in evs if e["machine"] == "mic" and e["event"] == "alert")
+        assert mic_alert["silenced"] is True
+        assert {"service_started", "config_reloaded", "heartbeat", "service_stopped"} <= {e["event"] for e in evs}
+        assert sf.info(alert["evidence"]).duration >= 1.0  # the audio that opened the alert
+        # Every sink got every event it takes, once, in order.
+        ids = [e["id"] for e in evs if e["id"] > 1]  # the silence (id 1) predates the sinks
+        notified = [e["id"] for e in evs if e["id"] > 1 and not e.get("silenced")]
+        logged = [json.loads(x)["id"] for x in (tmp_path / "alerts.jsonl").read_text().splitlines()]
+        assert logged == ids
+        assert rx.received == notified
+        wait_for(lambda: sub.event_ids() == notified, 10, "MQTT events")
+        assert json.loads(sub.last("machine-monitor/a/state"))["state"] == "normal"
+        assert sub.last("machine-monitor/status") == "offline"  # said goodbye on SIGTERM
+        # `events` reads the store.
+        res = cli("events", "-c", str(conf), "--machine", "a", "--kind", "alert", "--format", "jsonl")
+        assert res.returncode == 0 and [json.loads(x)["id"] for x in res.stdout.splitlines()] == [alert["id"]]
+        res = cli("events", "--store", str(tmp_path / "events.db"), "--since", "1h", "--limit", "0")
+        assert res.returncode == 0 and f"{len(evs)} event(s)" in res.stderr and "a: alert #1" in res.stdout
+    finally:
+        sub.close()
+        broker.stop()
