@@ -40,7 +40,7 @@ SPLITS_DIR = ROOT.parent / "shared" / "data" / "splits"
 
 # Our rows: name -> keyword arguments of machine_monitor.Detector (seed is added per run).
 # "default" is whatever Detector() does today, so the table follows the shipped defaults.
-# A "detector" key picks another kind (persistence.DETECTOR_KINDS) with the other keys as its parameters.
+# A "detector" key picks another kind (detectors.registry.DETECTOR_KINDS) with the other keys as its parameters.
 DETECTORS: dict[str, dict] = {
     "default": {},
     "ae-mahalanobis": {"scorer": "mahalanobis"},
@@ -85,7 +85,7 @@ def set_threads(n: int) -> None:
 
 
 def read_train_test(split_path: Path) -> tuple[list[Path], object]:
-    from machine_monitor.evaluate import read_split
+    from machine_monitor.reports.evaluate import read_split
 
     split = json.loads(split_path.read_text())
     base = split_path.parent / split.get("root", "..")
@@ -95,8 +95,8 @@ def read_train_test(split_path: Path) -> tuple[list[Path], object]:
 def cross_validated_scores(row: str, seed: int, train: list[Path], test: list[Path], labels):
     """A supervised row: AE on ``train``, forest scores of ``test`` by stratified k-fold CV."""
     from machine_monitor import Detector
-    from machine_monitor.postclassifiers import out_of_fold_scores
-    from machine_monitor.scoring import make_scorer
+    from machine_monitor.scorers.postclassifiers import out_of_fold_scores
+    from machine_monitor.scorers.registry import make_scorer
 
     kwargs = dict(SUPERVISED[row])
     scorer = make_scorer(kwargs.pop("scorer"), seed=seed, **kwargs.pop("scorer_params", {}))
@@ -123,7 +123,7 @@ def fit_and_score(row: str, seed: int, train: list[Path], test: list[Path]):
         t0 = time.perf_counter()
         scores = model.decision_function([str(p) for p in test])
     else:
-        from machine_monitor.persistence import make_detector
+        from machine_monitor.detectors.registry import make_detector
 
         kwargs = dict(DETECTORS[row])
         model = make_detector(kwargs.pop("detector", "ae"), **kwargs, seed=seed)
@@ -172,7 +172,7 @@ def main(argv=None) -> int:
     import soundfile as sf
     import torch
 
-    from machine_monitor.evaluate import domain_auc, ranking_metrics
+    from machine_monitor.reports.evaluate import domain_auc, ranking_metrics
 
     torch.set_num_threads(args.threads)
     splits = args.splits or sorted(SPLITS_DIR.glob("*.json"))

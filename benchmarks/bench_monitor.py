@@ -46,20 +46,20 @@ def main(argv=None) -> int:
 
     import torch
 
-    from machine_monitor import Detector
-    from machine_monitor.alerts import EvidenceWriter, JsonlLog
     from machine_monitor.audio.sources import ArraySource
-    from machine_monitor.monitor import Monitor
+    from machine_monitor.detectors.registry import load_detector, make_detector
+    from machine_monitor.live.monitor import Monitor
+    from machine_monitor.live.sinks import EvidenceWriter, JsonlLog
     from machine_monitor.synth import machine_sound
 
     torch.set_num_threads(args.threads)
     tmp = tempfile.TemporaryDirectory()
     if args.model is None:
         print("training the default detector on recordings/normal ...", file=sys.stderr)
-        det = Detector().fit(sorted((ROOT / "recordings" / "normal").glob("*.wav")))
+        det = make_detector().fit(sorted((ROOT / "recordings" / "normal").glob("*.wav")))
         args.model = Path(tmp.name) / "default"
         det.save(args.model)
-    det = Detector.load(args.model)
+    det = load_detector(args.model)
     y = machine_sound(args.seconds, seed=4321, anomaly="bearing", onset=args.seconds / 2)
     sinks = [EvidenceWriter(Path(tmp.name) / "ev"), JsonlLog(Path(tmp.name) / "alerts.jsonl")]
     mon = Monitor(det, ArraySource(y, speed=args.speed), sinks=sinks, model_name=args.model.name,

@@ -122,7 +122,7 @@ def main(argv=None) -> int:
     import torch
     from pyod.models.audio_ae import AudioAE
 
-    from machine_monitor import Detector
+    from machine_monitor.detectors.registry import load_detector, make_detector
     from machine_monitor.scan import scan_files, worker_pool
 
     train, test = load_split()
@@ -131,8 +131,8 @@ def main(argv=None) -> int:
     if model is None or not (model / "model.json").is_file():
         model = args.model or work / "valve"
         print(f"training our detector ({args.epochs} epochs) -> {model}", file=sys.stderr)
-        Detector(epochs=args.epochs).fit(train).save(model)
-    det = Detector.load(model, device="cpu")
+        make_detector(epochs=args.epochs).fit(train).save(model)
+    det = load_detector(model, device="cpu")
     if args.peer_cache and args.peer_cache.is_file():
         peer = pickle.loads(args.peer_cache.read_bytes())  # our own file from an earlier run
     else:

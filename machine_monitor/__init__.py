@@ -31,13 +31,19 @@ __all__ = [
     "NotFittedError",
     "SilentAudioError",
     "__version__",
+    "load_detector",
+    "make_detector",
 ]
 
 
 def __getattr__(name: str):
     # Lazy: `machine-monitor --help` must not pay for numpy/soundfile/torch imports.
     if name == "Detector":
-        from machine_monitor.detector import Detector
+        from machine_monitor.detectors.detector import Detector
 
         return Detector
+    if name in ("make_detector", "load_detector"):
+        from machine_monitor.detectors import registry
+
+        return getattr(registry, name)
     raise AttributeError(f"module 'machine_monitor' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""Save and load a :class:`Detector` as a self-describing model directory.
+"""Model-directory I/O: the files, their hashes and the allow-lists (imports no detector).
 
 Layout (the contract in DESIGN.md)::
 
@@ -33,18 +33,6 @@ MANIFEST = "model.json"
 NETWORK_FILE = "network.safetensors"
 ARRAYS_FILE = "arrays.safetensors"
 SKOPS_FILE = "scorer.skops"
-# Detector.__init__ parameters saved with the model (device and progress are per run).
-SAVED_PARAMS = ("features", "scorer", "aggregate", "percentile", "threshold_method", "val_fraction", "epochs",
-                "batch_size", "lr", "patience", "hidden", "bottleneck", "seed", "channel", "scorer_params",
-                "folds")
-# model.json "detector" field -> the class that loads it ("ae" = Detector, also when the field is absent).
-DETECTOR_KINDS = {
-    "ae": "machine_monitor.detector:Detector",
-    "aegmm": "machine_monitor.gmm:AEGMMDetector",
-    "vaegmm": "machine_monitor.gmm:VAEGMMDetector",
-    "ocsvm": "machine_monitor.baselines:OCSVMDetector",
-    "iforest": "machine_monitor.baselines:IForestDetector",
-}
 
 
 def sha256(path: Path) -> str:
@@ -73,55 +61,6 @@ def _json_default(o):
     if isinstance(o, np.ndarray):
         return o.tolist()
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def save_detector(det, path: str | os.PathLike) -> Path:
-    """Write ``det`` to ``path`` atomically (replacing an existing model there)."""
-    from safetensors.numpy import save_file as save_np
-    from safetensors.torch import save_file as save_torch
-
-    from machine_monitor.detector import score_stats
-
-    nets = getattr(det, "networks_", None) or [det.network_]
-    estimators = getattr(det.scorer_, "get_estimators", lambda: {})()
-
-    def write_files(tmp: Path) -> None:
-        # One network: its state dict as is; an ensemble: network k's tensors under "k.".
-        state = {(f"{k}.{name}" if len(nets) > 1 else name): v.detach().cpu().contiguous()
-                 for k, net in enumerate(nets) for name, v in net.state_dict().items()}
-        save_torch(state, tmp / NETWORK_FILE)
-        arrays = {"feature_mean": det.feature_mean_, "feature_std": det.feature_std_}
-        arrays.update({f"scorer.{k}": np.ascontiguousarray(v) for k, v in det.scorer_.get_arrays().items()})
-        save_np(arrays, tmp / ARRAYS_FILE)
-        if estimators:
-            import skops.io as sio
-
-            sio.dump(estimators, tmp / SKOPS_FILE)
-
-    manifest = {
-        "detector": "ae",
-        "sample_rate": det.feature_config_.sr,
-        "params": {k: getattr(det, k) for k in SAVED_PARAMS},
-        "features": det.feature_config_.to_dict(),
-        "network": {**det.network_config_.to_dict(), "ensemble": len(nets)},
-        "training": {
-            **{k: v for k, v in vars(det.train_config_).items()},
-            "epochs_run": len(det.history_),
-            "best_val_loss": min(h["val_loss"] for h in det.history_),
-            "history": det.history_,
-            "fit_seconds": det.fit_seconds_,
-            "n_clips": det.n_clips_,
-            "skipped_clips": getattr(det, "skipped_clips_", []),
-            "n_anomalies": getattr(det, "n_anomalies_", 0),
-            "val_clips": det.val_clips_,
-            "clip_seconds": det.clip_seconds_,
-        },
-        "scorer": {"name": det.scorer_.name, "params": det.scorer_.get_params(), "estimators": sorted(estimators)},
-        "threshold": det.threshold_,
-        "scores": {"train": score_stats(det.train_scores_), "validation": score_stats(det.val_scores_),
-                   "train_values": det.train_scores_, "validation_values": det.val_scores_},
-    }
-    return write_model_dir(path, manifest, write_files)
 
 
 def _swap_into_place(tmp: Path, dest: Path) -> None:
@@ -155,7 +94,7 @@ def write_model_dir(dest: str | os.PathLike, manifest: dict, write_files) -> Pat
     return dest
 
 
-def read_manifest(path: str | os.PathLike, *, required: tuple[str, ...] = (NETWORK_FILE, ARRAYS_FILE)) -> dict:
+def read_manifest(path: str | os.PathLike, *, required: tuple[str, ...] = (ARRAYS_FILE,)) -> dict:
     """Parse and verify ``model.json``: schema, and the sha256 of every listed file."""
     root = Path(path)
     mpath = root / MANIFEST
@@ -185,95 +124,6 @@ def read_manifest(path: str | os.PathLike, *, required: tuple[str, ...] = (NETWO
     return manifest
 
 
-def load_detector(path: str | os.PathLike, *, device: str | None = None):
-    """Rebuild a fitted :class:`Detector` from a verified model directory."""
-    import torch
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file as load_np
-    from safetensors.torch import load_file as load_torch
-
-    from machine_monitor.autoencoder import DenseAutoencoder, NetworkConfig, TrainConfig, default_device
-    from machine_monitor.detector import Detector
-    from machine_monitor.errors import ConfigError
-    from machine_monitor.features import FeatureConfig
-    from machine_monitor.scoring import make_scorer
-
-    root = Path(path)
-    m = read_manifest(root, required=())
-    kind = m.get("detector", "ae")
-    if kind not in DETECTOR_KINDS:
-        raise ModelError(f"{root / MANIFEST}: unknown detector kind {kind!r}")
-    if kind != "ae":
-        return detector_class(kind, source=root / MANIFEST)._from_model_dir(root, m, device=device)
-    m = read_manifest(root)
-    try:
-        det = Detector(**{k: m["params"][k] for k in SAVED_PARAMS if k in m["params"]}, device=device)
-        det.feature_config_ = FeatureConfig(**m["features"])
-        det.network_config_ = NetworkConfig.from_dict(m["network"])
-        train = m["training"]
-        det.train_config_ = TrainConfig(**{k: train[k] for k in TrainConfig.__dataclass_fields__})
-        scorer = make_scorer(m["scorer"]["name"], **m["scorer"]["params"])
-    except (KeyError, TypeError, ConfigError) as exc:
-        raise ModelError(f"{root / MANIFEST}: incomplete or invalid model description ({exc})") from None
-
-    cfg, net_cfg = det.feature_config_, det.network_config_
-    if m.get("sample_rate") != cfg.sr:
-        raise ModelError(f"{root / MANIFEST}: sample_rate {m.get('sample_rate')} disagrees with features.sr {cfg.sr}")
-    if net_cfg.input_dim != cfg.window_dims:
-        raise ModelError(f"{root / MANIFEST}: network input {net_cfg.input_dim} does not match the features "
-                         f"({cfg.kind}: {cfg.context} x {cfg.frame_dims} = {cfg.window_dims} dims)")
-    try:
-        arrays = load_np(str(root / ARRAYS_FILE))
-        state = load_torch(str(root / NETWORK_FILE))
-    except (SafetensorError, OSError) as exc:
-        raise ModelError(f"{root}: cannot read weights ({exc})") from None
-    set_standardisation(det, arrays, root)
-
-    n_nets = int(m["network"].get("ensemble", 1))
-    nets = []
-    for k in range(n_nets):
-        prefix = f"{k}." if n_nets > 1 else ""
-        net = DenseAutoencoder(net_cfg)
-        try:
-            net.load_state_dict({name[len(prefix):]: v for name, v in state.items() if name.startswith(prefix)})
-        except RuntimeError as exc:
-            raise ModelError(f"{root / NETWORK_FILE}: weights do not fit the network in model.json ({exc})") from None
-        nets.append(net.to(torch.device(device) if device else default_device()).eval())
-    det.networks_, det.network_ = nets, nets[0]
-
-    scorer.set_arrays({k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith("scorer.")})
-    if m["scorer"].get("estimators"):
-        scorer.set_estimators(_load_skops(root / SKOPS_FILE))
-    det.scorer_ = scorer
-    det.n_anomalies_ = train.get("n_anomalies", 0)
-    return restore_fit_record(det, m, root)
-
-
-def set_standardisation(det, arrays: dict, root: Path) -> None:
-    """Restore ``feature_mean_``/``feature_std_``, refusing arrays that do not fit the features."""
-    cfg = det.feature_config_
-    for key in ("feature_mean", "feature_std"):
-        if arrays.get(key) is None or arrays[key].shape != (cfg.frame_dims,):
-            raise ModelError(f"{root / ARRAYS_FILE}: {key} does not match {cfg.frame_dims} feature dims")
-    det.feature_mean_, det.feature_std_ = arrays["feature_mean"], arrays["feature_std"]
-
-
-def restore_fit_record(det, m: dict, root: Path):
-    """Restore the threshold and what ``fit`` recorded (history, clips, scores) from ``model.json``."""
-    train = m.get("training", {})
-    det.threshold_ = m["threshold"]
-    det.history_ = train.get("history", [])
-    det.fit_seconds_ = train.get("fit_seconds")
-    det.n_clips_ = train.get("n_clips")
-    det.val_clips_ = np.asarray(train.get("val_clips", []), dtype=np.int64)
-    det.clip_seconds_ = train.get("clip_seconds")
-    det.train_scores_ = np.asarray(m["scores"].get("train_values", []), dtype=np.float64)
-    det.val_scores_ = np.asarray(m["scores"].get("validation_values", []), dtype=np.float64)
-    det.manifest_ = m
-    det.model_dir_ = root
-    return det
-
-
 # Types the scikit-learn parts may contain (forests of the post-classifiers, the
 # OC-SVM / isolation-forest baselines); a file holding anything else is refused.
 TRUSTED_SKOPS_TYPES = [
@@ -292,22 +142,40 @@ PLAIN_SKOPS_TYPES = ["builtins.list", "builtins.tuple", "builtins.str", "builtin
                      "builtins.bool", "numpy.ndarray", "numpy.float64", "numpy.float32", "numpy.int64", "numpy.int32"]
 
 
-def detector_class(kind: str, *, source: object = "detector"):
-    """The class of a detector kind (``ae``, ``aegmm``, ``vaegmm``, ``ocsvm``, ``iforest``)."""
-    import importlib
+def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Named numpy arrays to a safetensors file."""
+    from safetensors.numpy import save_file
 
-    from machine_monitor.errors import ConfigError
+    save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(path))
+
+
+def load_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Named numpy arrays from a safetensors file (plain tensors: nothing is executed)."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
 
     try:
-        module, name = DETECTOR_KINDS[kind].split(":")
-    except (KeyError, TypeError):
-        raise ConfigError(f"{source}: detector must be one of {', '.join(DETECTOR_KINDS)}, not {kind!r}") from None
-    return getattr(importlib.import_module(module), name)
+        return dict(load_file(str(path)))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelError(f"{path}: cannot read arrays ({exc})") from None
 
 
-def make_detector(kind: str = "ae", **params):
-    """A new, unfitted detector of ``kind`` with its keyword parameters."""
-    return detector_class(kind)(**params)
+def save_tensors(path: Path, tensors: dict) -> None:
+    """Named torch tensors (network weights) to a safetensors file."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
+
+
+def load_tensors(path: Path) -> dict:
+    """Named torch tensors from a safetensors file."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return dict(load_file(str(path)))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelError(f"{path}: cannot read weights ({exc})") from None
 
 
 def save_estimators(path: Path, estimators: dict) -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from machine_monitor import Detector
-from machine_monitor.baselines import IForestDetector, OCSVMDetector, segment_stats
+from machine_monitor.detectors.baselines import IForestDetector, OCSVMDetector, segment_stats
 from machine_monitor.errors import ConfigError
 from tests.conftest import clicks, hum
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from machine_monitor.errors import ConfigError
-from machine_monitor.evaluate import (
+from machine_monitor.reports.evaluate import (
     domain_auc,
     evaluate_scores,
     infer_domain,

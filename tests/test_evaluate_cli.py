@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from machine_monitor.cli import main
-from machine_monitor.evaluate import evaluate_scores, infer_label
-from machine_monitor.plots import PLOT_FILES
+from machine_monitor.reports.evaluate import evaluate_scores, infer_label
+from machine_monitor.reports.plots import PLOT_FILES
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def test_json_holds_every_clip_and_numbers_that_follow_from_them(demo_run, demo_
     assert [c["label"] for c in clips] == [infer_label(c["path"]) for c in clips]
     labels = np.array([c["label"] for c in clips])
     scores = np.array([c["score"] for c in clips])
-    from machine_monitor.detector import Detector
+    from machine_monitor.detectors.detector import Detector
 
     det = Detector.load(demo_model)
     assert doc["threshold"] == pytest.approx(det.threshold_value_)

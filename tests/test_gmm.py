@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from machine_monitor import Detector, ModelError
-from machine_monitor.gmm import AEGMMDetector, GMMNetwork, VAEGMMDetector, gmm_params, sample_energy
+from machine_monitor.detectors.gmm import AEGMMDetector, GMMNetwork, VAEGMMDetector, gmm_params, sample_energy
 from tests.conftest import clicks, hum
 
 TINY = {"hidden": (64, 16), "latent": 2, "n_gmm": 2, "est_hidden": 8, "epochs": 15, "batch_size": 64, "seed": 0}

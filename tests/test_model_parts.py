@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from machine_monitor.autoencoder import DenseAutoencoder, NetworkConfig, TrainConfig, train_autoencoder
+from machine_monitor.autoencoder import DenseAutoencoder, NetworkConfig
 from machine_monitor.errors import ConfigError
-from machine_monitor.scoring import MahalanobisScorer, MSEScorer, Reconstruction, aggregate, make_scorer
+from machine_monitor.scorers.registry import make_scorer
+from machine_monitor.scorers.residual import MahalanobisScorer, MSEScorer, Reconstruction, aggregate
 from machine_monitor.threshold import contamination_threshold, fit_threshold, gamma_threshold, percentile_threshold
+from machine_monitor.training import TrainConfig, train_network
 
 
 def test_default_network_is_the_dcase_shape():
@@ -26,7 +28,7 @@ def _train(seed):
     data = (rng.standard_normal((600, 2)) @ rng.standard_normal((2, 16))).astype(np.float32)
     torch.manual_seed(seed)
     net = DenseAutoencoder(NetworkConfig(16, (32,), 4))
-    hist = train_autoencoder(net, lambda i: data[i], 500, lambda i: data[500:][i], 100,
+    hist = train_network(net, lambda i: data[i], 500, lambda i: data[500:][i], 100,
                              TrainConfig(epochs=15, batch_size=64, seed=seed), device=torch.device("cpu"))
     return net, hist
 

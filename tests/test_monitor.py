@@ -17,9 +17,11 @@ import pytest
 import soundfile as sf
 import soxr
 
-from machine_monitor.alerts import ALERT, ALERT_END, SIGNAL_LOST, SIGNAL_RESTORED, CommandRunner, Event, JsonlLog
 from machine_monitor.audio.sources import ArraySource, FileSource, SourceLost
-from machine_monitor.monitor import AlertPolicy, Monitor, RingBuffer, StatusLine, WindowScorer
+from machine_monitor.live.monitor import Monitor, StatusLine
+from machine_monitor.live.policy import AlertPolicy
+from machine_monitor.live.sinks import ALERT, ALERT_END, SIGNAL_LOST, SIGNAL_RESTORED, CommandRunner, Event, JsonlLog
+from machine_monitor.live.windows import RingBuffer
 from machine_monitor.synth import machine_sound
 from tests.conftest import FAST, PEAK, RECORDINGS, SR
 
@@ -87,7 +89,7 @@ def test_ring_buffer_returns_any_recent_span_across_the_wrap():
 def test_peak_windows_are_scored_whole(detector):
     # Peak spans do not tile frame by frame, so nothing is cached between hops.
     assert detector.feature_config.kind == "peak"
-    assert not WindowScorer(detector).incremental
+    assert not detector.streaming().incremental
 
 
 def test_incremental_window_scores_equal_scoring_each_window_whole(recordings):
@@ -99,7 +101,7 @@ def test_incremental_window_scores_equal_scoring_each_window_whole(recordings):
     assert mon.scorer.incremental  # frame windows pool into a clip score: work is reused
     ring = RingBuffer(len(y))
     ring.extend(y)
-    scorer = WindowScorer(detector)
+    scorer = detector.streaming()
     for stop in range(mon.window, len(y) + 1, mon.hop):
         whole = detector.score_signal(y[stop - mon.window:stop])
         assert scorer.score(ring, stop - mon.window, stop) == pytest.approx(whole, rel=1e-4)
@@ -210,7 +212,7 @@ def test_a_lost_device_is_reported_and_reopened_with_backoff(detector):
 
 
 def test_alert_log_and_evidence_wav(detector, tmp_path):
-    from machine_monitor.alerts import EvidenceWriter
+    from machine_monitor.live.sinks import EvidenceWriter
 
     y = machine_sound(30.0, seed=9007, anomaly="bearing", onset=ONSET)
     log_path = tmp_path / "logs" / "alerts.jsonl"

@@ -9,14 +9,15 @@ import pytest
 
 from machine_monitor import Detector, ModelError
 from machine_monitor.errors import ConfigError
-from machine_monitor.postclassifiers import (
+from machine_monitor.scorers.postclassifiers import (
     DifferenceForestScorer,
     HistogramForestScorer,
     HistogramIsolationForestScorer,
     difference_histogram,
     out_of_fold_scores,
 )
-from machine_monitor.scoring import Reconstruction, make_scorer
+from machine_monitor.scorers.registry import make_scorer
+from machine_monitor.scorers.residual import Reconstruction
 from tests.conftest import FAST, clicks, hum
 
 SMALL = {"n_estimators": 40}

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from machine_monitor.scan import iter_segments, scan_files, score_file, segment_starts
+from machine_monitor.filescore import iter_segments, score_file, segment_starts
+from machine_monitor.scan import scan_files
 from tests.conftest import SR, clicks, hum
 
 # -- segments --------------------------------------------------------------------

@@ -58,7 +58,7 @@ def test_a_warm_pool_is_reused_across_scans(fitted_detector, model_dir, files, r
 def _loads(_) -> int:
     import machine_monitor.scan
 
-    return machine_monitor.scan.LOAD_COUNT["n"]
+    return machine_monitor.scan.models_loaded()
 
 
 def test_a_dask_cluster_gives_the_same_rows_and_loads_the_model_once_per_worker(fitted_detector, model_dir, files,
@@ -68,7 +68,7 @@ def test_a_dask_cluster_gives_the_same_rows_and_loads_the_model_once_per_worker(
                                   silence_logs=40) as cluster, distributed.Client(cluster) as client:
         rows = list(scan_files(fitted_detector, files, model=model_dir, dask_address=cluster.scheduler_address,
                                chunk_size=1))
-        loads = client.run(lambda: __import__("machine_monitor.scan").scan.LOAD_COUNT["n"])
+        loads = client.run(lambda: __import__("machine_monitor.scan").scan.models_loaded())
     same_rows(rows, reference, files)
     assert len(loads) == 2 and all(n == 1 for n in loads.values()), loads  # 26 tasks, two model loads
 

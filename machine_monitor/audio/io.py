@@ -432,6 +432,5 @@ def read_excerpt(
 
 def audio_duration(path: str | os.PathLike) -> float:
     """Length of a file in seconds, from its header (nothing decoded)."""
-    path = Path(path)
-    with _open(path) as f:
-        return f.frames / f.samplerate if f.samplerate else 0.0
+    info = audio_info(path)
+    return info.frames / info.samplerate

@@ -46,7 +46,7 @@ def register(sub) -> None:
 def _collect(inputs: list[str]):
     from machine_monitor.commands.common import existing_audio_files
     from machine_monitor.errors import ConfigError
-    from machine_monitor.evaluate import label_paths, read_split
+    from machine_monitor.reports.evaluate import label_paths, read_split
 
     splits = [i for i in inputs if i.lower().endswith(".json")]
     if splits:
@@ -63,7 +63,7 @@ def _score(det, clips, progress: bool):
     import numpy as np
     from tqdm.auto import tqdm
 
-    from machine_monitor.scan import score_file
+    from machine_monitor.filescore import score_file
 
     scores = np.full(len(clips), np.nan)
     errors: dict[int, str] = {}
@@ -105,12 +105,12 @@ def run(args) -> int:
 
     import numpy as np
 
-    from machine_monitor.detector import Detector
+    from machine_monitor.detectors.registry import load_detector
     from machine_monitor.errors import ConfigError
-    from machine_monitor.evaluate import evaluate_scores
+    from machine_monitor.reports.evaluate import evaluate_scores
 
     model = resolve_model(args.model)
-    det = Detector.load(model)
+    det = load_detector(model)
     clips = _collect(args.inputs)
     print(f"evaluating {model} on {len(clips)} clips", file=sys.stderr)
     t0 = time.perf_counter()
@@ -136,7 +136,7 @@ def run(args) -> int:
         args.json.write_text(json.dumps(doc, indent=1) + "\n")
         print(f"wrote {args.json}", file=sys.stderr)
     if args.plots:
-        from machine_monitor.plots import write_plots
+        from machine_monitor.reports.plots import write_plots
 
         subtitle = f"{Path(model).name}: {metrics['n']} clips ({metrics['n_anomaly']} anomalous)"
         written = write_plots(args.plots, clips.labels[ok], scores[ok], det.threshold_value_, domains=domains,

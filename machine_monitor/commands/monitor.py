@@ -58,11 +58,12 @@ def run(args) -> int:
 
     import torch
 
-    from machine_monitor.alerts import CommandRunner, ConsoleSink, EvidenceWriter, JsonlLog
     from machine_monitor.audio.sources import FileSource, LiveSource
-    from machine_monitor.detector import Detector
+    from machine_monitor.detectors.registry import load_detector
     from machine_monitor.errors import ConfigError
-    from machine_monitor.monitor import AlertPolicy, Monitor, StatusLine
+    from machine_monitor.live.monitor import Monitor, StatusLine
+    from machine_monitor.live.policy import AlertPolicy
+    from machine_monitor.live.sinks import CommandRunner, ConsoleSink, EvidenceWriter, JsonlLog
 
     # A tiny network on a shared factory PC: one thread is fastest and leaves the rest alone.
     torch.set_num_threads(1)
@@ -72,7 +73,7 @@ def run(args) -> int:
     if args.on_alert is not None and not argv:
         raise ConfigError("--on-alert needs a command")
     model_dir = resolve_model(args.model)
-    det = Detector.load(model_dir)
+    det = load_detector(model_dir)
     policy = AlertPolicy(k=args.k_of_n[0], n=args.k_of_n[1], quiet_seconds=args.quiet_period, margin=args.margin)
     if args.input is not None:
         source = FileSource(args.input, speed=args.speed, channel=args.channel)

@@ -1,7 +1,7 @@
 """``machine-monitor scan``: score every audio file and write one row per file.
 
 A thin layer over :mod:`machine_monitor.scan` (scoring, workers, output formats)
-and :mod:`machine_monitor.report` (the HTML report).
+and :mod:`machine_monitor.reports.report` (the HTML report).
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def run(args) -> int:
     from tqdm.auto import tqdm
 
     from machine_monitor.audio.io import find_audio_files
-    from machine_monitor.detector import Detector
+    from machine_monitor.detectors.registry import load_detector
     from machine_monitor.errors import ConfigError
     from machine_monitor.scan import RowWriter, format_for, read_rows, scan_files, sort_rows, write_rows_atomic
 
@@ -77,7 +77,7 @@ def run(args) -> int:
     if args.workers < 1:
         raise ConfigError(f"--workers must be >= 1, not {args.workers}")
     model = resolve_model(args.model)
-    det = Detector.load(model, device="cpu")
+    det = load_detector(model, device="cpu")
     if args.channel is not None:
         det.channel = args.channel
     files = [str(f) for f in find_audio_files(args.inputs, recursive=args.recursive)]
@@ -143,7 +143,7 @@ def run(args) -> int:
     print(f"{len(rows)} files: {n_anom} anomalous, {n_err} errors ({len(rows) - len(kept)} scanned now: "
           f"{audio_s / 3600:.2f} h of audio in {elapsed:.1f} s{speed})", file=sys.stderr)
     if args.report and not interrupted:
-        from machine_monitor.report import write_report
+        from machine_monitor.reports.report import write_report
 
         write_report(args.report, ordered, det, model=str(model), elapsed=elapsed, top=args.report_top)
         print(f"report: {Path(args.report)}", file=sys.stderr)

@@ -35,12 +35,12 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from machine_monitor.commands.common import existing_audio_files
-    from machine_monitor.detector import Detector
+    from machine_monitor.detectors.registry import load_detector
     from machine_monitor.errors import ConfigError
-    from machine_monitor.scan import score_file
+    from machine_monitor.filescore import score_file
 
     path = resolve_model(args.model)
-    det = Detector.load(path)
+    det = load_detector(path)
     files = existing_audio_files(args.inputs, recursive=args.recursive)
     rows = [score_file(det, f) for f in files]
     for r in rows:

@@ -65,7 +65,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from machine_monitor.detector import Detector
     from machine_monitor.errors import ConfigError
 
     if (args.contamination is None) != (args.threshold_data is None):
@@ -74,7 +73,7 @@ def run(args) -> int:
     out = args.out or DEFAULT_MODELS_DIR / default_model_name(args.inputs[0])
     print(f"training on {len(clips)} clips from {', '.join(args.inputs)}", file=sys.stderr)
     anomalies = existing_audio_files(args.anomalies, recursive=args.recursive) if args.anomalies else []
-    det = _make_detector(args, Detector, ConfigError)
+    det = _make_detector(args, ConfigError)
     if anomalies:
         print(f"and on {len(anomalies)} labelled anomalies from {', '.join(args.anomalies)}", file=sys.stderr)
         det.fit(clips, anomalies=anomalies)
@@ -98,19 +97,20 @@ def run(args) -> int:
 
 
 
-def _make_detector(args, Detector, ConfigError):
+def _make_detector(args, ConfigError):
     """The detector the options ask for (unfitted)."""
+    from machine_monitor.detectors.registry import make_detector
+
     features = args.features or ("peak" if args.detector == "ae" else "logmel")
     common = dict(features=features, aggregate=args.aggregate, percentile=args.percentile,
                   threshold_method=args.threshold_method, val_fraction=args.val_fraction, seed=args.seed,
                   device=args.device, channel=args.channel, progress=args.progress)
     if args.detector == "ae":
         scorer = args.post or ("hist-rf" if args.anomalies else args.scorer or "mahalanobis")
-        return Detector(scorer=scorer, epochs=args.epochs, folds=args.folds, batch_size=args.batch_size,
-                        lr=args.lr, **common)
+        return make_detector("ae", scorer=scorer, epochs=args.epochs, folds=args.folds, batch_size=args.batch_size,
+                             lr=args.lr, **common)
     if args.post or args.anomalies or args.scorer:
         raise ConfigError(f"--post, --anomalies and --scorer apply to --detector ae, not {args.detector}")
-    from machine_monitor.persistence import make_detector
 
     if args.detector in ("aegmm", "vaegmm"):
         return make_detector(args.detector, epochs=args.epochs or 30, batch_size=args.batch_size, lr=args.lr,

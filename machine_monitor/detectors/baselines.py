@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from machine_monitor.windowed import WindowedDetector, WindowSampler
+from machine_monitor.detectors.windowed import WindowedDetector, WindowSampler
 
 
 def segment_stats(windows: np.ndarray, *, context: int) -> np.ndarray:
@@ -31,8 +31,6 @@ def segment_stats(windows: np.ndarray, *, context: int) -> np.ndarray:
 
 class _SegmentModelDetector(WindowedDetector):
     """A scikit-learn novelty detector on segment statistics."""
-
-    PARAMS = (*WindowedDetector.PARAMS, "max_segments")
 
     def __init__(self, *, context: int = 32, max_segments: int = 5000, **kwargs):
         super().__init__(context=context, **kwargs)
@@ -64,8 +62,6 @@ class OCSVMDetector(_SegmentModelDetector):
     """One-class SVM (RBF, ``nu``) on standardised segment statistics."""
 
     kind = "ocsvm"
-    PARAMS = (*_SegmentModelDetector.PARAMS, "nu")
-
     def __init__(self, *, nu: float = 0.1, **kwargs):
         super().__init__(**kwargs)
         self.nu = nu
@@ -82,8 +78,6 @@ class IForestDetector(_SegmentModelDetector):
     """Isolation forest on segment statistics."""
 
     kind = "iforest"
-    PARAMS = (*_SegmentModelDetector.PARAMS, "n_estimators")
-
     def __init__(self, *, n_estimators: int = 200, **kwargs):
         super().__init__(**kwargs)
         self.n_estimators = n_estimators

@@ -1,11 +1,8 @@
-"""The fitted chain: features -> autoencoder -> scorer -> threshold.
+"""The autoencoder detector (kind ``ae``): features -> autoencoder(s) -> scorer -> threshold.
 
-:class:`Detector` is the one object the CLI, ``scan`` and ``monitor`` talk to.
-It follows the scikit-learn / PyOD shape: parameters in ``__init__`` (no logic),
-``fit(clips) -> self``, learned state in attributes ending in ``_``,
-``score(clips)`` (higher = more anomalous), ``predict(clips)`` (0/1).
-
-Clips are file paths, 16 kHz mono float arrays, or ``(array, sample_rate)`` tuples.
+Its public shape is :class:`~machine_monitor.detectors.base.BaseDetector`'s; this module
+holds what is particular to it: the dense autoencoder (one, or a cross-fitted ensemble),
+the scorer on its reconstructions, and their parts of the model directory.
 """
 
 from __future__ import annotations
@@ -13,37 +10,20 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-import os
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from machine_monitor.audio.io import check_signal, load_audio, to_mono
-from machine_monitor.errors import ConfigError, NotFittedError
-from machine_monitor.features import FeatureConfig, frames, gather_windows, stack_frames, window_index
-from machine_monitor.scoring import Reconstruction, Scorer, aggregate, check_aggregate, make_scorer
+from machine_monitor.detectors.base import BaseDetector, as_clip_list
+from machine_monitor.errors import ConfigError, ModelError
+from machine_monitor.features import FeatureConfig, gather_windows, stack_frames, window_index
+from machine_monitor.scorers.registry import make_scorer
+from machine_monitor.scorers.residual import Reconstruction, Scorer, aggregate
 from machine_monitor.threshold import DEFAULT_PERCENTILE, fit_threshold
 
 log = logging.getLogger(__name__)
-
-Clip = "str | os.PathLike | np.ndarray | tuple[np.ndarray, int]"
-
-
-def clip_name(clip, i: int) -> str:
-    """How a clip is named in messages: its path, or ``array[i]``."""
-    return str(clip) if isinstance(clip, (str, os.PathLike)) else f"array[{i}]"
-
-
-def score_stats(scores: np.ndarray) -> dict:
-    """Summary statistics of a score sample, as stored in ``model.json``."""
-    s = np.asarray(scores, dtype=np.float64)
-    if s.size == 0:
-        return {"n": 0}
-    q = np.percentile(s, [5, 50, 95])
-    return {"n": int(s.size), "mean": float(s.mean()), "std": float(s.std()), "min": float(s.min()),
-            "p5": float(q[0]), "median": float(q[1]), "p95": float(q[2]), "max": float(s.max())}
 
 
 class _LazyReconstructions(Sequence):
@@ -65,7 +45,7 @@ class _LazyReconstructions(Sequence):
         return _LazyReconstructions(self._reconstruct, self._frames, [self._ids[i] for i in ids])
 
 
-class Detector:
+class Detector(BaseDetector):
     """Acoustic anomaly detector trained on normal sound only.
 
     Parameters
@@ -75,7 +55,7 @@ class Detector:
         shortest training clip), one 128-dim vector per span; ``logmel``: 5 stacked
         log-mel frames (640 dims, the DCASE baseline); ``raw``: raw-waveform frames.
     scorer : str
-        How a reconstruction becomes a window score (see ``scoring.SCORERS``), or a
+        How a reconstruction becomes a window score (see ``scorers.registry.SCORERS``), or a
         post-classifier on the reconstruction difference (``hist-rf``, ``diff-rf``,
         ``iforest``; see ``postclassifiers``).
     scorer_params : dict or None
@@ -109,6 +89,8 @@ class Detector:
         ``val_fraction`` of the clips held out for early stopping and the threshold).
     """
 
+    kind = "ae"
+
     def __init__(self, *, features: str = "peak", scorer: str = "mahalanobis", aggregate: str = "mean",
                  percentile: float = DEFAULT_PERCENTILE, threshold_method: str = "gamma",
                  val_fraction: float = 0.2, epochs: int | None = None, batch_size: int = 256, lr: float = 1e-3,
@@ -134,92 +116,6 @@ class Detector:
         self.scorer_params = scorer_params
         self.folds = folds
 
-    # -- audio and features ------------------------------------------------
-    @property
-    def feature_config(self) -> FeatureConfig:
-        return getattr(self, "feature_config_", None) or FeatureConfig.for_kind(self.features)
-
-    def load_signal(self, clip, i: int = 0) -> np.ndarray:
-        """One clip as a validated 16 kHz mono float32 signal."""
-        cfg = self.feature_config
-        name = clip_name(clip, i)
-        if isinstance(clip, (str, os.PathLike)):
-            return load_audio(clip, sr=cfg.sr, channel=self.channel, min_samples=cfg.min_samples)
-        if isinstance(clip, tuple):
-            y, sr = clip
-            y = to_mono(np.asarray(y, dtype=np.float32), channel=self.channel, source=name)
-            check_signal(y, sr=sr, source=name)  # NaNs must not reach the resampler
-            if sr != cfg.sr:
-                import soxr
-
-                y = soxr.resample(y, sr, cfg.sr, quality="HQ").astype(np.float32)
-        else:
-            y = to_mono(np.asarray(clip, dtype=np.float32), channel=self.channel, source=name)
-        return check_signal(y, sr=cfg.sr, min_samples=cfg.min_samples, source=name)
-
-    def _frames(self, y: np.ndarray) -> np.ndarray:
-        """Standardised units ``(n_units, frame_dims)`` of a signal: frames, or peak spans."""
-        cfg = self.feature_config
-        f = cfg.units(frames(y, cfg))
-        f -= self.feature_mean_
-        f /= self.feature_std_
-        return f
-
-    # -- fitting -----------------------------------------------------------
-    def _check_params(self, n_clips: int) -> None:
-        check_aggregate(self.aggregate)
-        if n_clips < 2:
-            raise ConfigError(f"need at least 2 normal clips to train (one is held out), got {n_clips}")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ConfigError(f"val_fraction must be in (0, 1), not {self.val_fraction!r}")
-        if self.threshold_method not in ("percentile", "gamma"):
-            raise ConfigError(f"threshold_method must be percentile or gamma, not {self.threshold_method!r}")
-
-    def _prepare(self, clips: list, config: FeatureConfig) -> tuple[list[np.ndarray], np.ndarray]:
-        """Load clips, fit ``config`` to them, hold out whole clips, standardise.
-
-        Sets ``feature_config_``, ``clip_seconds_``, ``val_clips_``, ``feature_mean_`` and
-        ``feature_std_``; returns every clip's standardised units and the training clip ids.
-        """
-        from tqdm.auto import tqdm
-
-        # Load with the shortest span a peak model can have; the span is fitted to the clips below.
-        self.feature_config_ = cfg = config.fitted_to(1)
-        per_clip, seconds = [], []
-        for i, clip in enumerate(tqdm(clips, desc="features", unit="clip", disable=not self.progress, leave=False)):
-            y_ = self.load_signal(clip, i)
-            seconds.append(y_.size / cfg.sr)
-            per_clip.append(frames(y_, cfg))
-        self.clip_seconds_ = float(np.median(seconds))
-        # A peak span fits the typical clip: a stray short one (the partial last clip of a
-        # recording) is left out rather than shrinking every window of the model.
-        lengths = np.array([len(f) for f in per_clip])
-        self.feature_config_ = cfg = config.fitted_to(int(np.median(lengths)))
-        keep = lengths >= (cfg.context if cfg.kind == "peak" else 1)
-        self.skipped_clips_ = [clip_name(c, i) for i, c in enumerate(clips) if not keep[i]]
-        for name in self.skipped_clips_:
-            log.warning("%s: shorter than the other clips' %.2f s span: not used for training",
-                        name, cfg.min_samples / cfg.sr)
-        per_clip = [cfg.units(f) for f, k in zip(per_clip, keep) if k]
-        if len(per_clip) < 2:
-            raise ConfigError(f"need at least 2 clips as long as the {cfg.min_samples / cfg.sr:.2f} s span, "
-                              f"got {len(per_clip)}")
-
-        order = np.random.default_rng(self.seed).permutation(len(per_clip))
-        n_val = min(len(per_clip) - 1, max(1, int(round(self.val_fraction * len(per_clip)))))
-        self.val_clips_ = np.sort(order[:n_val])
-        train_ids = np.sort(order[n_val:])
-
-        # Standardisation from training units; float64 sums, float32 data.
-        train_f = np.concatenate([per_clip[i] for i in train_ids])
-        self.feature_mean_ = train_f.mean(axis=0, dtype=np.float64).astype(np.float32)
-        self.feature_std_ = np.maximum(train_f.std(axis=0, dtype=np.float64), 1e-3).astype(np.float32)
-        del train_f
-        for f in per_clip:
-            f -= self.feature_mean_
-            f /= self.feature_std_
-        return per_clip, train_ids
-
     def fit(self, clips: Iterable, y=None, *, anomalies: Iterable | None = None) -> Detector:
         """Learn "normal" from clips of normal machine sound.
 
@@ -234,14 +130,15 @@ class Detector:
         """
         import torch
 
-        from machine_monitor.autoencoder import NetworkConfig, TrainConfig, default_device
+        from machine_monitor.autoencoder import NetworkConfig
+        from machine_monitor.training import TrainConfig, default_device
 
-        clips = list(clips)
-        anomalies = list(anomalies or [])
+        clips = as_clip_list(clips)
+        anomalies = as_clip_list(anomalies) if anomalies is not None else []
         self._check_params(len(clips))
         supervised = make_scorer(self.scorer, **(self.scorer_params or {})).supervised
         if supervised and not anomalies:
-            raise ConfigError(f"scorer {self.scorer!r} learns from labelled anomalies: pass some (--anomalies DIR)")
+            raise ConfigError(f"scorer {self.scorer!r} learns from labelled anomalies: pass some to fit(anomalies=...)")
         if anomalies and not supervised:
             raise ConfigError(f"scorer {self.scorer!r} learns from normal clips only; to use labelled anomalies "
                               "choose scorer hist-rf or diff-rf")
@@ -266,7 +163,7 @@ class Detector:
             # Reconstructions are made on access: holding them all would cost ~10x the frames.
             recons = _LazyReconstructions(self._reconstruct, per_clip)
             if supervised:
-                from machine_monitor.postclassifiers import fit_supervised
+                from machine_monitor.scorers.postclassifiers import fit_supervised
 
                 labelled = _LazyReconstructions(self._reconstruct, per_clip + [
                     self._frames(self.load_signal(c, i)) for i, c in enumerate(anomalies)])
@@ -297,7 +194,8 @@ class Detector:
         """A network trained on clips ``train_ids``, early-stopped on clips ``val_ids``."""
         import torch
 
-        from machine_monitor.autoencoder import DenseAutoencoder, train_autoencoder
+        from machine_monitor.autoencoder import DenseAutoencoder
+        from machine_monitor.training import train_network
 
         ctx = self.feature_config_.stack
         train_frames = np.concatenate([per_clip[i] for i in train_ids])
@@ -306,7 +204,7 @@ class Detector:
         val_starts = window_index(np.array([len(per_clip[i]) for i in val_ids]), context=ctx)
         torch.manual_seed(seed)
         net = DenseAutoencoder(self.network_config_)
-        history = train_autoencoder(
+        history = train_network(
             net,
             lambda idx: gather_windows(train_frames, train_starts[idx], context=ctx), len(train_starts),
             lambda idx: gather_windows(val_frames, val_starts[idx], context=ctx), len(val_starts),
@@ -352,10 +250,6 @@ class Detector:
         self.train_scores_ = scores
 
     # -- scoring -----------------------------------------------------------
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "threshold_"):
-            raise NotFittedError("this Detector is not fitted yet: call fit(clips) or Detector.load(dir)")
-
     def _reconstruct(self, f: np.ndarray, net=None) -> Reconstruction:
         import torch
 
@@ -399,60 +293,74 @@ class Detector:
             return float(self.scorer_.score([self.reconstruct_signal(y)])[0])
         return aggregate(self.window_scores(y), self.scorer_.aggregate)
 
-    def window_seconds(self) -> float:
-        """Duration one window of features covers."""
-        cfg = self.feature_config
-        return cfg.min_samples / cfg.sr
+    def _pools_windows(self) -> bool:
+        # Post-classifiers score a clip from its whole reconstruction, not from window scores.
+        return type(self.scorer_).score is Scorer.score
 
-    def score(self, clips: Iterable) -> np.ndarray:
-        """Anomaly score of each clip, ``(n_clips,)``; higher = more anomalous.
+    # -- the model directory (hooks of BaseDetector.save / load) --------------------
+    def _manifest_parts(self) -> dict:
+        estimators = self._estimators()
+        return {"network": {**self.network_config_.to_dict(), "ensemble": self.ensemble_size},
+                "scorer": {"name": self.scorer_.name, "params": self.scorer_.get_params(),
+                           "estimators": sorted(estimators)}}
 
-        Raises ``AudioReadError`` naming the first clip that cannot be used.
-        """
-        self._check_fitted()
-        return np.array([self.score_signal(self.load_signal(c, i)) for i, c in enumerate(clips)], dtype=np.float64)
+    def _fit_record(self) -> dict:
+        return {**vars(self.train_config_), "epochs_run": len(self.history_),
+                "best_val_loss": min((h.get("val_loss", np.inf) for h in self.history_), default=None),
+                "n_anomalies": getattr(self, "n_anomalies_", 0), **super()._fit_record()}
 
-    def decision_function(self, clips: Iterable) -> np.ndarray:
-        """Alias of :meth:`score` (PyOD name)."""
-        return self.score(clips)
+    def _model_arrays(self) -> dict[str, np.ndarray]:
+        return {f"scorer.{k}": v for k, v in self.scorer_.get_arrays().items()}
 
-    @property
-    def threshold_value_(self) -> float:
-        self._check_fitted()
-        return float(self.threshold_["value"])
+    def _model_tensors(self) -> dict:
+        # One network: its state dict as is; an ensemble: network k's tensors under "k.".
+        nets = self.networks_
+        return {(f"{k}.{name}" if len(nets) > 1 else name): v
+                for k, net in enumerate(nets) for name, v in net.state_dict().items()}
 
-    def predict(self, clips: Iterable) -> np.ndarray:
-        """1 for clips scoring above the threshold, else 0."""
-        return (self.score(clips) > self.threshold_value_).astype(np.int64)
+    def _estimators(self) -> dict:
+        return getattr(self.scorer_, "get_estimators", lambda: {})()
 
-    def set_threshold(self, clips: Iterable | None = None, *, scores=None, method: str = "contamination",
-                      percentile: float | None = None, contamination: float | None = None) -> Detector:
-        """Re-set the alarm threshold from new clips (or their scores).
+    def _check_manifest(self, m: dict, root: Path) -> None:
+        from machine_monitor.autoencoder import NetworkConfig
 
-        ``method="contamination"`` with a folder known to hold that fraction of
-        anomalies (alibi-detect style); ``percentile``/``gamma`` with normal clips.
-        """
-        self._check_fitted()
-        if scores is None:
-            scores = self.score(clips)
-        self.threshold_ = fit_threshold(scores, method=method, percentile=percentile or self.percentile,
-                                        contamination=contamination)
-        return self
+        cfg, net_cfg = self.feature_config_, NetworkConfig.from_dict(m["network"])
+        if net_cfg.input_dim != cfg.window_dims:
+            raise ModelError(f"{root / 'model.json'}: network input {net_cfg.input_dim} does not match the features "
+                             f"({cfg.kind}: {cfg.context} x {cfg.frame_dims} = {cfg.window_dims} dims)")
 
-    # -- persistence -------------------------------------------------------
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write a self-describing model directory (atomically); returns its path."""
-        from machine_monitor.persistence import save_detector
+    def _restore(self, m: dict, arrays: dict, tensors: dict | None, estimators: dict | None, *,
+                 root: Path, device: str | None) -> None:
+        import torch
 
-        self._check_fitted()
-        return save_detector(self, path)
+        from machine_monitor.autoencoder import DenseAutoencoder, NetworkConfig
+        from machine_monitor.training import TrainConfig, default_device
 
-    @classmethod
-    def load(cls, path: str | os.PathLike, *, device: str | None = None) -> Detector:
-        """Load a model directory; refuses tampered or inconsistent models (``ModelError``)."""
-        from machine_monitor.persistence import load_detector
-
-        return load_detector(path, device=device)
+        if tensors is None:
+            raise ModelError(f"{root / 'model.json'}: lists no network.safetensors")
+        self.network_config_ = net_cfg = NetworkConfig.from_dict(m["network"])
+        train = m["training"]
+        self.train_config_ = TrainConfig(**{k: train[k] for k in TrainConfig.__dataclass_fields__})
+        scorer = make_scorer(m["scorer"]["name"], **m["scorer"]["params"])
+        n_nets = int(m["network"].get("ensemble", 1))
+        nets = []
+        for k in range(n_nets):
+            prefix = f"{k}." if n_nets > 1 else ""
+            net = DenseAutoencoder(net_cfg)
+            try:
+                net.load_state_dict({name[len(prefix):]: v for name, v in tensors.items() if name.startswith(prefix)})
+            except RuntimeError as exc:
+                raise ModelError(f"{root / 'network.safetensors'}: weights do not fit the network in model.json "
+                                 f"({exc})") from None
+            nets.append(net.to(torch.device(device) if device else default_device()).eval())
+        self.networks_, self.network_ = nets, nets[0]
+        scorer.set_arrays({k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith("scorer.")})
+        if m["scorer"].get("estimators"):
+            if estimators is None:
+                raise ModelError(f"{root / 'model.json'}: lists no scorer.skops")
+            scorer.set_estimators(estimators)
+        self.scorer_ = scorer
+        self.n_anomalies_ = train.get("n_anomalies", 0)
 
     def __repr__(self) -> str:
         state = f", threshold={self.threshold_value_:.4g}" if hasattr(self, "threshold_") else ""

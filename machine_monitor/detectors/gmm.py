@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from machine_monitor.windowed import WindowedDetector, WindowSampler
+from machine_monitor.detectors.windowed import WindowedDetector, WindowSampler
 
 
 def _mlp(dims: list[int], *, last_activation: bool) -> nn.Sequential:
@@ -115,14 +115,12 @@ class AEGMMDetector(WindowedDetector):
     epochs, batch_size, lr : training (Adam); the network of the last epoch is kept.
     w_energy, w_cov_diag : loss weights (alibi-detect's defaults).
     beta : weight of the KL term (VAEGMM only).
-    Other parameters as :class:`~machine_monitor.windowed.WindowedDetector`.
+    Other parameters as :class:`~machine_monitor.detectors.windowed.WindowedDetector`.
     """
 
     kind = "aegmm"
     NETWORK = True
     VARIATIONAL = False
-    PARAMS = (*WindowedDetector.PARAMS, "hidden", "latent", "n_gmm", "est_hidden", "epochs", "batch_size", "lr",
-              "w_energy", "w_cov_diag", "beta")
 
     def __init__(self, *, hidden=(128, 64), latent: int = 4, n_gmm: int = 4, est_hidden: int = 16,
                  epochs: int = 30, batch_size: int = 256, lr: float = 1e-3, w_energy: float = 0.1,
@@ -148,38 +146,24 @@ class AEGMMDetector(WindowedDetector):
         return GMMNetwork(int(config["input_dim"]), tuple(config["hidden"]), int(config["latent"]),
                           int(config["n_gmm"]), int(config["est_hidden"]), variational=bool(config["variational"]))
 
-    def _fit_model(self, train: WindowSampler, val: WindowSampler) -> list[dict]:
-        from tqdm.auto import tqdm
+    def _loss(self, net: GMMNetwork, x: torch.Tensor) -> torch.Tensor:
+        """Per-window loss: reconstruction + weighted sample energy (+ KL), plus the batch's covariance penalty."""
+        x_hat, feats, gamma, kl = net(x)
+        energy, cov_diag = sample_energy(feats, *gmm_params(feats, gamma))
+        # KL per input dimension, so beta means the same whatever the window size.
+        return (((x_hat - x) ** 2).mean(dim=1) + self.beta * kl / x.shape[1]
+                + self.w_energy * energy + self.w_cov_diag * cov_diag)
 
-        from machine_monitor.autoencoder import default_device
+    def _fit_model(self, train: WindowSampler, val: WindowSampler) -> list[dict]:
+        from machine_monitor.training import TrainConfig, default_device, train_network
 
         device = torch.device(self.device) if self.device else default_device()
         torch.manual_seed(self.seed)
-        gen = torch.Generator().manual_seed(self.seed)
-        self.network_ = net = self._build_network(self._model_config()).to(device)
-        opt = torch.optim.Adam(net.parameters(), lr=self.lr)
-        n = len(train)
-        batch = max(2, min(int(self.batch_size), n))
-        n_batches = max(1, n // batch)
-        history = []
-        for epoch in tqdm(range(int(self.epochs)), desc="training", unit="epoch", disable=not self.progress,
-                          leave=False):
-            net.train()
-            order = torch.randperm(n, generator=gen).numpy()
-            total = 0.0
-            for b in range(n_batches):
-                idx = order[b * batch: (b + 1) * batch if b < n_batches - 1 else n]
-                x = torch.from_numpy(train(idx)).to(device)
-                x_hat, feats, gamma, kl = net(x)
-                energy, cov_diag = sample_energy(feats, *gmm_params(feats, gamma))
-                # KL per input dimension, so beta means the same whatever the window size.
-                loss = (nn.functional.mse_loss(x_hat, x) + self.beta * kl / x.shape[1]
-                        + self.w_energy * energy.mean() + self.w_cov_diag * cov_diag)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total += float(loss.detach()) * len(idx)
-            history.append({"epoch": epoch + 1, "train_loss": total / n})
+        self.network_ = net = self._build_network(self._model_config())
+        # No early stopping (the mixture is refitted on the last network): alibi-detect's recipe.
+        config = TrainConfig(epochs=int(self.epochs), batch_size=int(self.batch_size), lr=self.lr, seed=self.seed)
+        history = train_network(net, train, len(train), None, 0, config, loss=self._loss, device=device,
+                                progress=self.progress)
         self._fit_mixture(train, device)
         return history
 
@@ -216,7 +200,7 @@ class AEGMMDetector(WindowedDetector):
             out.append(sample_energy(feats, *params)[0].cpu().numpy())
         return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
 
-    def _model_arrays(self) -> dict[str, np.ndarray]:
+    def _window_model_arrays(self) -> dict[str, np.ndarray]:
         return {"phi": self.phi_, "mu": self.mu_, "cov": self.cov_}
 
     def _set_model_arrays(self, arrays: dict[str, np.ndarray]) -> None:

@@ -1,29 +1,24 @@
-"""Base of the detectors that are not the reconstruction autoencoder (``--detector``).
+"""Detectors that score windows of stacked log-mel (or raw) frames with one model (``--detector``).
 
 AEGMM / VAEGMM (``gmm.py``) and the OC-SVM / isolation-forest baselines
-(``baselines.py``) share everything with :class:`~machine_monitor.detector.Detector`
-except the model: the audio front-end (``load_signal``), standardised log-mel frames,
-the held-out clip split, percentile / gamma thresholds on held-out normal clips,
-``score`` / ``predict`` / ``set_threshold``. They subclass it to reuse that code, and
-replace fitting, window scores and the model directory.
-
-A subclass gives each window of ``context`` standardised frames a score through
-``_fit_model(windows) -> history`` and ``_window_scores(windows)``, and says which
-arrays, torch weights and scikit-learn parts make up its model.
+(``baselines.py``) give each window of ``context`` standardised frames a score through
+``_fit_model(train, val) -> history`` and ``_window_scores(windows)``, and say which
+arrays, torch weights and scikit-learn parts make up their model. The front-end, the
+held-out clip split, thresholds, scoring and the model directory are
+:class:`~machine_monitor.detectors.base.BaseDetector`'s, as for every kind.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 
-from machine_monitor.detector import Detector, score_stats
+from machine_monitor.detectors.base import BaseDetector, as_clip_list
 from machine_monitor.errors import ConfigError, ModelError
 from machine_monitor.features import FeatureConfig, gather_windows, stack_frames, window_index
-from machine_monitor.scoring import aggregate
+from machine_monitor.scorers.residual import aggregate
 from machine_monitor.threshold import DEFAULT_PERCENTILE, fit_threshold
 
 
@@ -57,7 +52,7 @@ class WindowSampler:
         return self(idx)
 
 
-class WindowedDetector(Detector):
+class WindowedDetector(BaseDetector):
     """Shared front-end, split, threshold and model directory of window-model detectors."""
 
     kind = "windowed"
@@ -78,15 +73,8 @@ class WindowedDetector(Detector):
         self.channel = channel
         self.progress = progress
 
-    # Parameters saved with the model; subclasses add theirs.
-    PARAMS = ("features", "context", "aggregate", "percentile", "threshold_method", "val_fraction", "seed", "channel")
-
-    def get_params(self) -> dict:
-        return {k: getattr(self, k) for k in self.PARAMS}
-
-    @property
-    def feature_config(self) -> FeatureConfig:
-        return getattr(self, "feature_config_", None) or FeatureConfig.for_kind(self.features, context=self.context)
+    def _feature_kind_config(self) -> FeatureConfig:
+        return FeatureConfig.for_kind(self.features, context=self.context)
 
     # -- the model (subclasses) ----------------------------------------------
     def _fit_model(self, train: WindowSampler, val: WindowSampler) -> list[dict]:
@@ -95,16 +83,13 @@ class WindowedDetector(Detector):
     def _window_scores(self, windows: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def _model_arrays(self) -> dict[str, np.ndarray]:
+    def _window_model_arrays(self) -> dict[str, np.ndarray]:
         return {}
 
     def _set_model_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         pass
 
     def _model_config(self) -> dict:
-        return {}
-
-    def _estimators(self) -> dict:
         return {}
 
     def _build_network(self, config: dict):
@@ -117,7 +102,7 @@ class WindowedDetector(Detector):
     def fit(self, clips, y=None) -> WindowedDetector:
         """Learn "normal" from normal clips; threshold from the held-out ``val_fraction``."""
 
-        clips = list(clips)
+        clips = as_clip_list(clips)
         self._check_params(len(clips))
         if self.features not in ("logmel", "raw"):
             raise ConfigError(f"a {self.kind} detector works on logmel or raw frames, not {self.features!r}")
@@ -142,115 +127,31 @@ class WindowedDetector(Detector):
         self._check_fitted()
         return self._window_scores(stack_frames(self._frames(y), context=self.feature_config.context))
 
-    def score_signal(self, y: np.ndarray) -> float:
-        """Clip score of one validated signal: its window scores pooled by ``aggregate``."""
-        return aggregate(self.window_scores(y), self.aggregate)
+    # -- the model directory (hooks of BaseDetector.save / load) --------------------
+    def _manifest_parts(self) -> dict:
+        return {"model": {**self._model_config(), "estimators": sorted(self._estimators())}}
 
-    def reconstruct_signal(self, y):
-        raise NotImplementedError(f"a {self.kind} detector has no reconstruction")
+    def _model_arrays(self) -> dict[str, np.ndarray]:
+        return {f"model.{k}": v for k, v in self._window_model_arrays().items()}
 
-    # -- persistence -------------------------------------------------------------
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write a self-describing model directory (atomically); returns its path."""
-        from safetensors.numpy import save_file as save_np
+    def _model_tensors(self) -> dict:
+        return dict(self.network_.state_dict()) if self.NETWORK else {}
 
-        from machine_monitor.persistence import (
-            ARRAYS_FILE,
-            NETWORK_FILE,
-            SKOPS_FILE,
-            save_estimators,
-            write_model_dir,
-        )
-
-        self._check_fitted()
-        estimators = self._estimators()
-
-        def write(tmp: Path) -> None:
-            arrays = {"feature_mean": self.feature_mean_, "feature_std": self.feature_std_}
-            arrays.update({f"model.{k}": np.ascontiguousarray(v) for k, v in self._model_arrays().items()})
-            save_np(arrays, tmp / ARRAYS_FILE)
-            if self.NETWORK:
-                from safetensors.torch import save_file as save_torch
-
-                state = {k: v.detach().cpu().contiguous() for k, v in self.network_.state_dict().items()}
-                save_torch(state, tmp / NETWORK_FILE)
-            if estimators:
-                save_estimators(tmp / SKOPS_FILE, estimators)
-
-        manifest = {
-            "detector": self.kind,
-            "sample_rate": self.feature_config_.sr,
-            "params": self.get_params(),
-            "features": self.feature_config_.to_dict(),
-            "model": {**self._model_config(), "estimators": sorted(estimators)},
-            "training": {"history": self.history_, "fit_seconds": self.fit_seconds_, "n_clips": self.n_clips_,
-                         "val_clips": self.val_clips_, "clip_seconds": self.clip_seconds_},
-            "threshold": self.threshold_,
-            "scores": {"train": score_stats(self.train_scores_), "validation": score_stats(self.val_scores_),
-                       "train_values": self.train_scores_, "validation_values": self.val_scores_},
-        }
-        return write_model_dir(path, manifest, write)
-
-    @classmethod
-    def _from_model_dir(cls, root: Path, m: dict, *, device: str | None = None) -> WindowedDetector:
-        """Rebuild from a model directory whose hashes ``load_detector`` already checked."""
-        from safetensors import SafetensorError
-        from safetensors.numpy import load_file as load_np
-
-        from machine_monitor.persistence import (
-            ARRAYS_FILE,
-            MANIFEST,
-            NETWORK_FILE,
-            SKOPS_FILE,
-            load_estimators,
-            restore_fit_record,
-            set_standardisation,
-        )
-
-        files = m.get("files") or {}
-        try:
-            det = cls(**m["params"], device=device)
-            det.feature_config_ = cfg = FeatureConfig(**m["features"])
-            model = m["model"]
-            needed = [ARRAYS_FILE, *([NETWORK_FILE] if cls.NETWORK else []),
-                      *([SKOPS_FILE] if model.get("estimators") else [])]
-        except (KeyError, TypeError, ConfigError) as exc:
-            raise ModelError(f"{root / MANIFEST}: incomplete or invalid model description ({exc})") from None
-        for name in needed:
-            if name not in files:
-                raise ModelError(f"{root / MANIFEST}: lists no {name}")
-        if m.get("sample_rate") != cfg.sr:
-            raise ModelError(f"{root / MANIFEST}: sample_rate {m.get('sample_rate')} disagrees with features.sr")
-        try:
-            arrays = load_np(str(root / ARRAYS_FILE))
-        except (SafetensorError, OSError) as exc:
-            raise ModelError(f"{root}: cannot read arrays ({exc})") from None
-        set_standardisation(det, arrays, root)
-        try:
-            det._set_model_arrays({k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith("model.")})
-            if cls.NETWORK:
-                det._load_network(root / NETWORK_FILE, model, device)
-        except (KeyError, ValueError, RuntimeError) as exc:
-            raise ModelError(f"{root}: model parts do not match model.json ({exc})") from None
-        if model.get("estimators"):
-            det._set_estimators(load_estimators(root / SKOPS_FILE))
-        return restore_fit_record(det, m, root)
-
-    def _load_network(self, path: Path, model: dict, device: str | None) -> None:
+    def _restore(self, m: dict, arrays: dict, tensors: dict | None, estimators: dict | None, *,
+                 root: Path, device: str | None) -> None:
         import torch
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file as load_torch
 
-        from machine_monitor.autoencoder import default_device
+        from machine_monitor.training import default_device
 
-        try:
-            state = load_torch(str(path))
-        except (SafetensorError, OSError) as exc:
-            raise ModelError(f"{path}: cannot read weights ({exc})") from None
-        net = self._build_network(model)
-        net.load_state_dict(state)
-        self.network_ = net.to(torch.device(device) if device else default_device()).eval()
-
-    def __repr__(self) -> str:
-        state = f", threshold={self.threshold_value_:.4g}" if hasattr(self, "threshold_") else ""
-        return f"{type(self).__name__}(features={self.features!r}, aggregate={self.aggregate!r}{state})"
+        model = m["model"]
+        self._set_model_arrays({k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith("model.")})
+        if self.NETWORK:
+            if tensors is None:
+                raise ModelError(f"{root / 'model.json'}: lists no network.safetensors")
+            net = self._build_network(model)
+            net.load_state_dict(tensors)
+            self.network_ = net.to(torch.device(device) if device else default_device()).eval()
+        if model.get("estimators"):
+            if estimators is None:
+                raise ModelError(f"{root / 'model.json'}: lists no scorer.skops")
+            self._set_estimators(estimators)

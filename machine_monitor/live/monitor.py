@@ -3,9 +3,10 @@
 ::
 
     from machine_monitor import Detector
-    from machine_monitor.alerts import JsonlLog
+    from machine_monitor.live.sinks import JsonlLog
     from machine_monitor.audio.sources import LiveSource
-    from machine_monitor.monitor import AlertPolicy, Monitor
+    from machine_monitor.live.monitor import Monitor
+    from machine_monitor.live.policy import AlertPolicy
 
     det = Detector.load("models/pump3")
     summary = Monitor(det, LiveSource("USB"), policy=AlertPolicy(), sinks=[JsonlLog("alerts.jsonl")]).run()
@@ -37,11 +38,11 @@ import time
 
 import numpy as np
 
-from machine_monitor.alerts import ALERT, ALERT_END, SIGNAL_LOST, SIGNAL_RESTORED, Event
-from machine_monitor.audio.io import SILENCE_PEAK
 from machine_monitor.audio.sources import Source
 from machine_monitor.errors import AudioDeviceError, ConfigError
-from machine_monitor.scoring import Scorer, aggregate
+from machine_monitor.live.policy import AlertPolicy
+from machine_monitor.live.sinks import ALERT, ALERT_END, SIGNAL_LOST, SIGNAL_RESTORED, Event
+from machine_monitor.live.windows import SILENCE_CHUNK, RingBuffer, signal_problem
 
 log = logging.getLogger(__name__)
 
@@ -49,153 +50,12 @@ log = logging.getLogger(__name__)
 DEFAULT_WINDOW_SECONDS = 2.0
 #: Time between windows (rounded to whole feature frames).
 DEFAULT_HOP_SECONDS = 0.5
-#: Samples per silence check (16 ms at 16 kHz).
-SILENCE_CHUNK = 256
 
 
 def default_window_seconds(detector) -> float:
     """``DEFAULT_WINDOW_SECONDS``, or the model's training clip length if shorter, but >= one feature window."""
     clip = getattr(detector, "clip_seconds_", None) or DEFAULT_WINDOW_SECONDS
     return max(min(DEFAULT_WINDOW_SECONDS, clip), detector.window_seconds())
-
-
-@dataclasses.dataclass(frozen=True)
-class AlertPolicy:
-    """When windows become an alert episode.
-
-    Parameters
-    ----------
-    k, n : int
-        Open an alert when ``k`` of the last ``n`` scored windows are anomalous.
-    quiet_seconds : float
-        Close it after this long without an anomalous window.
-    margin : float
-        A window is anomalous above ``threshold + margin * |threshold|``. The
-        model's threshold is a high percentile of a handful of held-out clips,
-        which fresh normal windows exceed now and then; the margin keeps that
-        from waking anyone. 0 uses the model's threshold as is.
-    """
-
-    k: int = 3
-    n: int = 5
-    quiet_seconds: float = 30.0
-    margin: float = 0.1
-
-    def __post_init__(self):
-        if not 1 <= self.k <= self.n:
-            raise ConfigError(f"alert policy needs 1 <= k <= n, got k={self.k}, n={self.n}")
-        if self.quiet_seconds < 0 or self.margin < 0:
-            raise ConfigError(f"quiet_seconds and margin must be >= 0, got {self.quiet_seconds}, {self.margin}")
-
-    def level(self, threshold: float) -> float:
-        """The score a window must exceed to count as anomalous."""
-        return threshold + self.margin * abs(threshold)
-
-
-def signal_problem(y: np.ndarray, *, chunk: int = SILENCE_CHUNK) -> str | None:
-    """Why a window cannot be scored, or ``None``.
-
-    A window is refused when it holds NaN/inf or when any ``chunk`` of it is
-    digitally silent (no sample above -96 dBFS): a dropout of even one feature
-    frame would score as a huge anomaly, and says nothing about the machine.
-    """
-    if not np.isfinite(y).all():
-        return "non-finite samples in the input"
-    n = y.size // chunk * chunk
-    peaks = np.abs(y[:n].reshape(-1, chunk)).max(axis=1) if n else np.abs(y).max(keepdims=True)
-    if n < y.size:
-        peaks = np.append(peaks, np.abs(y[n:]).max())
-    silent = int(np.count_nonzero(peaks < SILENCE_PEAK))
-    if silent:
-        return f"digitally silent input ({silent} of {peaks.size} frames of a window below -96 dBFS)"
-    return None
-
-
-class RingBuffer:
-    """The last ``capacity`` samples of a stream, addressed by absolute sample index."""
-
-    def __init__(self, capacity: int):
-        self._buf = np.zeros(int(capacity), dtype=np.float32)
-        self.total = 0  # samples written since creation
-
-    @property
-    def capacity(self) -> int:
-        return self._buf.size
-
-    def extend(self, y: np.ndarray) -> None:
-        y = np.asarray(y, dtype=np.float32)
-        skip = max(0, y.size - self.capacity)  # older samples would be overwritten at once
-        self.total += skip
-        y = y[skip:]
-        i = self.total % self.capacity
-        first = min(y.size, self.capacity - i)
-        self._buf[i:i + first] = y[:first]
-        self._buf[:y.size - first] = y[first:]
-        self.total += y.size
-
-    def get(self, start: int, stop: int) -> np.ndarray:
-        """Samples ``[start, stop)`` of the stream (a copy)."""
-        if not self.total - self.capacity <= start <= stop <= self.total:
-            raise IndexError(f"samples [{start}, {stop}) are not in the buffer "
-                             f"[{max(0, self.total - self.capacity)}, {self.total})")
-        i, n = start % self.capacity, stop - start
-        if i + n <= self.capacity:
-            return self._buf[i:i + n].copy()
-        return np.concatenate([self._buf[i:], self._buf[:n - (self.capacity - i)]])
-
-
-class WindowScorer:
-    """Scores of sliding windows, equal to ``detector.score_signal(window)``.
-
-    When the detector's clip score is a pooling of its per-window scores (every
-    scorer that keeps :meth:`Scorer.score`), the feature windows shared by
-    consecutive overlapping windows are scored once and cached: each hop costs
-    the new audio only. Otherwise each window is scored whole.
-
-    Window starts must lie on the feature frame grid (multiples of the feature
-    hop from ``origin``), which :class:`Monitor` guarantees.
-    """
-
-    def __init__(self, detector, *, incremental: bool | None = None):
-        self.detector = detector
-        cfg = detector.feature_config
-        self.hop = cfg.hop_length
-        self.min_samples = cfg.min_samples
-        scorer = getattr(detector, "scorer_", None)
-        # Peak spans sit `stride` frames apart with the last one anchored to the end of
-        # the audio, so they do not tile frame by frame: score those windows whole.
-        decomposable = scorer is not None and type(scorer).score is Scorer.score and cfg.kind != "peak"
-        self.incremental = decomposable if incremental is None else incremental and decomposable
-        self.aggregate = getattr(scorer, "aggregate", "mean")
-        self.reset(0)
-
-    def reset(self, origin: int) -> None:
-        """Forget cached work; the next windows start at ``origin``."""
-        self.origin = origin
-        self._next = 0  # first feature window not yet scored (index from origin)
-        self._cache: collections.deque[tuple[int, float]] = collections.deque()
-
-    def skip_to(self, position: int) -> None:
-        """No window will start before ``position``: drop work that only earlier ones need."""
-        first = -(-(position - self.origin) // self.hop)
-        self._next = max(self._next, first)
-        while self._cache and self._cache[0][0] < first:
-            self._cache.popleft()
-
-    def score(self, ring: RingBuffer, start: int, stop: int) -> float:
-        if not self.incremental:
-            return self.detector.score_signal(ring.get(start, stop))
-        seg = self.origin + self._next * self.hop
-        if stop - seg >= self.min_samples:
-            ws = self.detector.window_scores(ring.get(seg, stop))
-            self._cache.extend(zip(range(self._next, self._next + ws.size), ws.tolist()))
-            self._next += ws.size
-        first = -(-(start - self.origin) // self.hop)
-        last = (stop - self.min_samples - self.origin) // self.hop
-        while self._cache and self._cache[0][0] < first:
-            self._cache.popleft()
-        scores = [s for j, s in self._cache if j <= last]
-        return aggregate(np.asarray(scores), self.aggregate)
 
 
 @dataclasses.dataclass
@@ -288,7 +148,9 @@ class Monitor:
         self.hop = max(1, round(h * self.sr / cfg.hop_length)) * cfg.hop_length
         self.level = policy.level(detector.threshold_value_)
         self.quiet_windows = max(1, math.ceil(policy.quiet_seconds * self.sr / self.hop))
-        self.scorer = WindowScorer(detector, incremental=incremental)
+        self.scorer = detector.streaming()
+        if incremental is not None:
+            self.scorer.incremental = incremental and self.scorer.incremental
         # Enough for the n windows that open an alert (evidence), plus slack for the scorer.
         span = self.window + (policy.n + 2) * self.hop + cfg.min_samples
         self.ring = RingBuffer(span)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from machine_monitor.scan import ScanRow
+from machine_monitor.filescore import ScanRow
 
 log = logging.getLogger(__name__)
 
@@ -77,26 +77,11 @@ def score_histogram(scores: np.ndarray, threshold: float) -> str:
     return _data_uri(fig)
 
 
-def read_excerpt(path: str | os.PathLike, *, offset: float, seconds: float, sr: int,
-                 channel: int | None = None) -> np.ndarray:
-    """``seconds`` of audio from ``offset`` (seconds) as mono float32 at ``sr``, reading only that part."""
-    import soundfile as sf
-    import soxr
-
-    from machine_monitor.audio.io import to_mono
-
-    with sf.SoundFile(str(path)) as f:
-        f.seek(min(int(offset * f.samplerate), max(f.frames - 1, 0)))
-        data = f.read(int(seconds * f.samplerate) + 1, dtype="float32", always_2d=True)
-        sr_in = f.samplerate
-    y = to_mono(data, channel=channel, source=str(path))
-    return y if sr_in == sr else soxr.resample(y, sr_in, sr, quality="HQ").astype(np.float32)
-
-
 def worst_window_figure(row: ScanRow, det, *, seconds: float | None = None) -> str:
     """PNG data URI: log-mel spectrogram of the row's worst window with its worst feature window marked."""
     from matplotlib.figure import Figure
 
+    from machine_monitor.audio.io import read_excerpt
     from machine_monitor.features import FeatureConfig, logmel_frames
 
     cfg = det.feature_config

@@ -13,8 +13,8 @@ scikit-learn estimator on top:
 * ``iforest``: isolation forest on the same difference histograms, from normal clips
   only (unsupervised).
 
-They are :class:`~machine_monitor.scoring.Scorer` subclasses registered in
-``SCORERS``: the clip score is the estimator's output (forest: probability of the
+They are :class:`~machine_monitor.scorers.residual.Scorer` subclasses registered in
+``scorers.registry.SCORERS``: the clip score is the estimator's output (forest: probability of the
 anomaly class; isolation forest: ``-score_samples``), higher = more anomalous.
 ``window_scores`` is the standardised residual energy of each window (the ranking
 that picks the clip's worst windows), for localisation within a clip.
@@ -30,7 +30,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from machine_monitor.errors import ConfigError, NotFittedError
-from machine_monitor.scoring import SCORERS, Reconstruction, Scorer
+from machine_monitor.scorers.residual import Reconstruction, Scorer
 
 
 def difference_histogram(z: np.ndarray, *, context: int, bins: int = 16, value_range: float = 10.0,
@@ -275,7 +275,6 @@ class HistogramIsolationForestScorer(_HistogramFeatures):
 
 
 POST_CLASSIFIERS = (HistogramForestScorer, DifferenceForestScorer, HistogramIsolationForestScorer)
-SCORERS.update({cls.name: cls for cls in POST_CLASSIFIERS})
 
 
 def _take(recons: Sequence[Reconstruction], ids) -> Sequence[Reconstruction]:

@@ -154,20 +154,3 @@ class MahalanobisScorer(Scorer):
 
     def set_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         self.mean_, self.precision_ = arrays["mean"], arrays["precision"]
-
-
-SCORERS: dict[str, type[Scorer]] = {cls.name: cls for cls in (MSEScorer, MahalanobisScorer)}
-
-
-def make_scorer(name: str, **params) -> Scorer:
-    """A scorer by registry name, with its saved parameters."""
-    if name not in SCORERS:
-        import machine_monitor.postclassifiers  # noqa: F401  (registers hist-rf, diff-rf, iforest)
-    try:
-        cls = SCORERS[name]
-    except KeyError:
-        raise ConfigError(f"scorer must be one of {', '.join(sorted(SCORERS))}, not {name!r}") from None
-    try:
-        return cls(**params)
-    except TypeError as exc:  # a parameter this scorer does not have
-        raise ConfigError(f"scorer {name!r}: {exc}") from None

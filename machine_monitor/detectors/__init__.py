@@ -1,0 +1,1 @@
+"""Detector kinds: the fitted chain from features to a clip / window score and its thresholds."""

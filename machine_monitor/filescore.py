@@ -1,0 +1,200 @@
+"""Score one file: the one function scan, evaluate, threshold and the report share.
+
+A file no longer than ``WHOLE_FILE_TOLERANCE`` model clips is scored whole, exactly
+like ``det.score_signal(det.load_signal(path))``. A longer file is streamed
+(bounded memory, continuous resampling) and cut into *segments* of the model's clip
+length (``det.clip_seconds_``), each scored like a clip. Segments start every
+``hop_seconds`` (default: one segment, so they do not overlap) and the last one is
+aligned to the end of the file so that no audio is left out. The file score is the
+**worst segment's** score: an hour of normal sound with one bad minute is flagged.
+
+A file that cannot be used (missing, not audio, empty, too short, NaN, silent) is a
+row with its one-line error; the scan goes on. Digitally silent segments inside a
+long file (the machine was off) are skipped; a file with no sound at all is an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+
+from machine_monitor.audio.io import audio_duration, check_signal, read_blocks
+from machine_monitor.errors import AudioReadError, SilentAudioError
+
+log = logging.getLogger(__name__)
+
+# A file up to this many clip lengths is scored whole, as one clip.
+WHOLE_FILE_TOLERANCE = 1.25
+
+@dataclasses.dataclass
+class ScanRow:
+    """The result of scanning one file.
+
+    ``score`` is the file score (worst segment), ``worst_offset`` the start in
+    seconds of the worst segment, ``n_segments``/``n_anomalous`` how many segments
+    were scored and how many of them exceed the threshold. ``error`` is set (and
+    the score is ``None``) when the file could not be used.
+    """
+
+    path: str
+    threshold: float
+    score: float | None = None
+    duration: float | None = None
+    worst_offset: float | None = None
+    n_segments: int = 0
+    n_anomalous: int = 0
+    error: str | None = None
+    index: int = -1  # position in the input list (not written out)
+
+    @property
+    def anomalous(self) -> bool:
+        return self.score is not None and self.score > self.threshold
+
+    @property
+    def verdict(self) -> str:
+        if self.error is not None:
+            return "error"
+        return "ANOMALY" if self.anomalous else "normal"
+
+    def to_record(self) -> dict:
+        """A flat dict for CSV/JSONL (``RECORD_FIELDS`` order)."""
+        return {"path": self.path, "score": self.score, "threshold": self.threshold, "verdict": self.verdict,
+                "anomalous_windows": self.n_anomalous, "windows": self.n_segments,
+                "worst_offset_s": self.worst_offset, "duration_s": self.duration, "error": self.error}
+
+    @classmethod
+    def from_record(cls, rec: dict) -> ScanRow:
+        """Inverse of :meth:`to_record` (values may be strings, as read from CSV)."""
+        def num(v, kind=float):
+            return None if v in (None, "") else kind(float(v))
+
+        return cls(path=str(rec["path"]), threshold=float(rec["threshold"]), score=num(rec.get("score")),
+                   duration=num(rec.get("duration_s")), worst_offset=num(rec.get("worst_offset_s")),
+                   n_segments=num(rec.get("windows"), int) or 0,
+                   n_anomalous=num(rec.get("anomalous_windows"), int) or 0,
+                   error=rec.get("error") or None)
+
+
+RECORD_FIELDS = tuple(ScanRow("", 0.0).to_record())
+
+
+# -- one file ----------------------------------------------------------------------
+def segment_starts(n_samples: int, segment: int, hop: int) -> np.ndarray:
+    """Start samples of the segments covering ``n_samples`` samples.
+
+    Segments of ``segment`` samples every ``hop`` samples; the last one is aligned
+    to the end so the tail is covered. A signal no longer than one segment is one
+    segment starting at 0.
+    """
+    if n_samples <= segment:
+        return np.zeros(1, dtype=np.int64)
+    starts = np.arange(0, n_samples - segment + 1, hop, dtype=np.int64)
+    if starts[-1] + segment < n_samples:
+        starts = np.append(starts, n_samples - segment)
+    return starts
+
+
+def iter_segments(blocks: Iterable[np.ndarray], *, segment: int, hop: int) -> Iterator[tuple[int, np.ndarray]]:
+    """Cut a stream of blocks into ``(start_sample, segment)`` pairs.
+
+    Same segments as :func:`segment_starts` without knowing the length in advance;
+    memory is bounded by one segment plus one block.
+    """
+    buf = np.zeros(0, dtype=np.float32)
+    recent = buf  # the last `segment` samples of the stream, for the end-aligned tail
+    pos = total = covered = 0
+    for block in blocks:
+        buf = np.concatenate([buf, block])
+        recent = np.concatenate([recent, block])[-segment:]
+        total += block.size
+        while buf.size >= segment:
+            yield pos, buf[:segment]
+            covered = pos + segment
+            buf, pos = buf[hop:], pos + hop
+    if total > covered:
+        yield (0, buf) if covered == 0 else (total - segment, recent)
+
+
+def _strip(msg: str, path) -> str:
+    return str(msg).removeprefix(f"{path}: ")
+
+
+def _segment_samples(det, segment_seconds: float | None) -> int:
+    sr = det.feature_config.sr
+    seconds = segment_seconds or getattr(det, "clip_seconds_", None) or 10.0
+    return max(det.feature_config.min_samples, int(round(seconds * sr)))
+
+
+def score_file(det, path: str | os.PathLike, *, segment_seconds: float | None = None,
+               hop_seconds: float | None = None) -> ScanRow:
+    """Score one file (see the module docstring); never raises for a bad file.
+
+    Parameters
+    ----------
+    det : Detector
+        A fitted detector.
+    segment_seconds : float, optional
+        Segment length; default the model's clip length ``det.clip_seconds_``.
+    hop_seconds : float, optional
+        Distance between segment starts; default ``segment_seconds``.
+
+    Returns
+    -------
+    ScanRow
+        With ``error`` set (a one-line reason) when the file cannot be used.
+    """
+    row = ScanRow(path=str(path), threshold=det.threshold_value_)
+    sr = det.feature_config.sr
+    segment = _segment_samples(det, segment_seconds)
+    hop = max(1, int(round(hop_seconds * sr))) if hop_seconds else segment
+    try:
+        try:
+            seconds_in = audio_duration(path)
+        except Exception:  # noqa: BLE001 - load_signal below gives the precise, user-facing reason
+            seconds_in = 0.0
+        if seconds_in * sr <= WHOLE_FILE_TOLERANCE * segment:
+            y = det.load_signal(path)
+            row.score, row.duration = det.score_signal(y), y.size / sr
+            row.worst_offset, row.n_segments, row.n_anomalous = 0.0, 1, int(row.score > row.threshold)
+        else:
+            _score_segments(det, path, row, segment=segment, hop=hop)
+    except AudioReadError as exc:
+        row.error = _strip(exc, path)
+    except Exception as exc:  # noqa: BLE001 - one odd file must not stop a scan of thousands
+        log.debug("unexpected error scanning %s", path, exc_info=True)
+        row.error = f"unexpected {type(exc).__name__}: {_strip(exc, path)}"
+    if row.error is not None:
+        row.score = row.worst_offset = None
+        row.n_segments = row.n_anomalous = 0
+    return row
+
+
+def _score_segments(det, path, row: ScanRow, *, segment: int, hop: int) -> None:
+    """Stream a long file and fill ``row`` with its worst segment."""
+    cfg = det.feature_config
+    thr = row.threshold
+    best, best_at, n, n_bad, total, silent = -math.inf, 0, 0, 0, 0, None
+    blocks = read_blocks(path, block_seconds=segment / cfg.sr, sr=cfg.sr, channel=det.channel)
+    for start, y in iter_segments(blocks, segment=segment, hop=hop):
+        total = max(total, start + y.size)
+        try:
+            check_signal(y, sr=cfg.sr, min_samples=cfg.min_samples, source=f"{path}: at {start / cfg.sr:.1f} s")
+        except SilentAudioError as exc:
+            silent = exc  # the machine was off for a while: nothing to judge there
+            continue
+        s = det.score_signal(y)
+        n += 1
+        n_bad += s > thr
+        if s > best:
+            best, best_at = s, start
+    if n == 0:
+        if silent is not None:
+            raise SilentAudioError(f"{path}: is digitally silent (no sample above -96 dBFS)")
+        raise AudioReadError(f"{path}: contains no audio samples")
+    row.score, row.worst_offset = float(best), best_at / cfg.sr
+    row.n_segments, row.n_anomalous, row.duration = n, int(n_bad), total / cfg.sr

@@ -1,0 +1,1 @@
+"""What people read: evaluation metrics, plots and the HTML scan report."""

@@ -1,0 +1,1 @@
+"""Scorers: how a reconstruction becomes a window or clip score (residual statistics, post-classifiers)."""
