@@ -1,25 +1,77 @@
-"""Alarm thresholds from the scores of normal (or known-mix) clips.
+"""Calibration: from out-of-fold scores of normal sound to thresholds and expected false-alarm rates.
 
-Two ways, both recorded with the model so a reader of ``model.json`` knows how
-the alarm was set:
+Pure functions (numpy / scipy only). A detector gathers the evidence while it fits,
+every score coming from models (networks *and* scorer) that never saw the recording
+it scores, with recordings of one group (a session) on the same side of every split
+(:func:`group_folds`); this module turns that evidence into one threshold per
+decision unit and says how many scores each rests on and what rate of false alarms
+it expects:
 
-* ``percentile``: the ``p``-th percentile of scores of held-out *normal* clips
-  (the clips the network never trained on). Expected false-alarm rate ~ ``1 - p/100``.
-* ``contamination``: alibi-detect style; scores of a folder known to hold a fraction
-  ``c`` of anomalies, threshold at their ``100 * (1 - c)``-th percentile.
-* ``gamma``: a gamma distribution fitted to normal scores (DCASE baseline), threshold
-  at its ``p``-th percentile; extrapolates beyond the largest score seen.
+``clip``
+    A clip (or a file up to a clip long) is flagged when its score exceeds the
+    ``1 - clip_rate`` quantile of a gamma distribution fitted by maximum likelihood
+    to the out-of-fold clip scores (:func:`clip_calibration`). Expected share of
+    normal clips flagged: ``clip_rate`` (default 1 %).
+``long file``
+    A long file is scored in ``n`` windows and flagged by its *worst* window. The
+    maximum of ``n`` window scores exceeds a clip threshold far more often than one
+    clip does, so the threshold grows with ``n``: the window-score gamma's quantile
+    at ``(1 - clip_rate) ** (1 / n)`` (:func:`worst_window_threshold`), which keeps
+    the file-wise false-alarm rate at ``clip_rate`` whatever the length, assuming
+    windows independent (scan's windows do not overlap; dependence only lowers the
+    true rate).
+``live alert``
+    The monitor opens an alert when ``k`` of the last ``n`` sliding windows exceed a
+    window level and closes it after a quiet period (:class:`AlertCounter`, the very
+    code the monitor runs). The level is set for a target number of false alerts per
+    day (:func:`live_calibration`): the out-of-fold window-score streams of the
+    training audio are reduced to ``M_t``, the k-th largest of the last ``n`` window
+    scores (an alert can open at ``t`` only if ``M_t`` exceeds the level); a gamma
+    fitted to all ``M_t`` gives ``P(M > L)``, and the extremal index ``theta`` (alert
+    episodes per window with ``M`` above a level, counted by running the alert
+    logic on the streams at the highest level that still gives a handful of
+    episodes) turns it into alerts per window: ``rate(L) = theta * P(M > L) *
+    windows per day``. The level solves ``rate(L) = target``. The gamma's tail is
+    the extrapolation beyond the audio available; the counts it rests on are
+    recorded.
+
+Also here: the machine's level profile (:func:`level_profile`) that lets the monitor
+tell a stopped machine (sound far quieter than any training audio) from an anomaly.
 """
 
 from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+import re
+from collections.abc import Sequence
 
 import numpy as np
 
 from machine_monitor.errors import ConfigError
 
 DEFAULT_PERCENTILE = 99.0
+#: Expected share of normal clips (and of normal long files) flagged.
+DEFAULT_CLIP_FALSE_ALARM_RATE = 0.01
+#: Target false alerts per day of continuous live monitoring of normal sound.
+DEFAULT_FALSE_ALARMS_PER_DAY = 0.1
+#: Thresholds resting on fewer scores than this come with a loud warning.
+MIN_SCORES = 10
+#: Less normal audio than this (seconds) is thin evidence for a live alert level.
+MIN_AUDIO_SECONDS = 300.0
+#: Default number of out-of-fold splits (fewer when there are fewer groups).
+DEFAULT_FOLDS = 5
+#: A window this many dB below the quietest 1 % of training audio means the machine is stopped.
+STOPPED_MARGIN_DB = 10.0
+#: Level blocks (seconds) for the operating-state check.
+LEVEL_BLOCK_SECONDS = 0.5
+SECONDS_PER_DAY = 86_400.0
 
 
+# --------------------------------------------------------------------------------------
+# plain thresholds (kept for ``threshold`` with a known contamination, and old models)
+# --------------------------------------------------------------------------------------
 def _finite(scores) -> np.ndarray:
     s = np.asarray(scores, dtype=np.float64).ravel()
     s = s[np.isfinite(s)]
@@ -35,11 +87,19 @@ def _check_percentile(p: float) -> float:
     return p
 
 
+def _check_rate(rate: float, what: str = "false-alarm rate") -> float:
+    r = float(rate)
+    if not 0.0 < r < 1.0:
+        raise ConfigError(f"{what} must be in (0, 1), not {rate!r}")
+    return r
+
+
 def percentile_threshold(scores, *, percentile: float = DEFAULT_PERCENTILE) -> dict:
     """Threshold at the ``percentile`` of normal scores (linear interpolation)."""
     p = _check_percentile(percentile)
     s = _finite(scores)
-    return {"method": "percentile", "percentile": p, "value": float(np.percentile(s, p)), "n_scores": int(s.size)}
+    return {"method": "percentile", "percentile": p, "value": float(np.percentile(s, p)), "n_scores": int(s.size),
+            "n": int(s.size), "expected_false_alarm_rate": 1.0 - p / 100.0}
 
 
 def contamination_threshold(scores, *, contamination: float) -> dict:
@@ -54,26 +114,87 @@ def contamination_threshold(scores, *, contamination: float) -> dict:
         "percentile": 100.0 * (1.0 - c),
         "value": float(np.percentile(s, 100.0 * (1.0 - c))),
         "n_scores": int(s.size),
+        "n": int(s.size),
     }
+
+
+# --------------------------------------------------------------------------------------
+# the tail model: a gamma distribution fitted by maximum likelihood
+# --------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class GammaTail:
+    """A gamma distribution fitted to scores shifted to positive support.
+
+    ``shape``, ``scale`` are the gamma's; ``shift`` is subtracted from a score
+    before it is evaluated; ``n`` scores were fitted. With fewer than 3 distinct
+    scores no distribution can be fitted: ``shape`` is NaN and quantiles fall back
+    to the largest score seen (``max_score``), which says nothing beyond it.
+    """
+
+    shape: float
+    scale: float
+    shift: float
+    n: int
+    max_score: float
+
+    @classmethod
+    def fit(cls, scores) -> GammaTail:
+        from scipy import stats
+
+        s = _finite(scores)
+        if np.unique(s).size < 3:
+            return cls(float("nan"), float("nan"), 0.0, int(s.size), float(s.max()))
+        # Support starts just below the smallest score when scores reach zero or below; else at 0.
+        lo = float(s.min())
+        shift = 0.0 if lo > 0 else lo - 1e-6 * max(1.0, float(np.ptp(s)))
+        with np.errstate(all="ignore"):
+            a, _, scale = stats.gamma.fit(s - shift, floc=0.0)
+        if not (np.isfinite(a) and np.isfinite(scale) and a > 0 and scale > 0):
+            return cls(float("nan"), float("nan"), 0.0, int(s.size), float(s.max()))
+        return cls(float(a), float(scale), float(shift), int(s.size), float(s.max()))
+
+    @property
+    def fitted(self) -> bool:
+        return bool(np.isfinite(self.shape))
+
+    def isf(self, p: float) -> float:
+        """The score exceeded with probability ``p`` (inverse survival function)."""
+        from scipy import stats
+
+        if not self.fitted:
+            return self.max_score
+        p = min(max(float(p), 1e-300), 1.0)
+        return float(stats.gamma.isf(p, self.shape, scale=self.scale)) + self.shift
+
+    def sf(self, x) -> np.ndarray:
+        """Probability that a score exceeds ``x``."""
+        from scipy import stats
+
+        x = np.asarray(x, dtype=np.float64)
+        if not self.fitted:
+            return (x < self.max_score).astype(np.float64)
+        return stats.gamma.sf(x - self.shift, self.shape, scale=self.scale)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> GammaTail:
+        return cls(float(d["shape"]), float(d["scale"]), float(d["shift"]), int(d["n"]), float(d["max_score"]))
 
 
 def gamma_threshold(scores, *, percentile: float = DEFAULT_PERCENTILE) -> dict:
     """Threshold at the ``percentile`` of a gamma distribution fitted to normal scores."""
-    from scipy import stats
-
     p = _check_percentile(percentile)
-    s = _finite(scores)
-    if np.unique(s).size < 3:
-        # No distribution can be fitted to one or two values: say so and use them as they are.
-        return {**percentile_threshold(s, percentile=p), "note": f"gamma fit needs 3+ distinct scores, had {s.size}"}
-    shift = min(0.0, float(s.min())) - 1e-12  # gamma needs positive support
-    with np.errstate(all="ignore"):
-        a, loc, scale = stats.gamma.fit(s - shift, floc=0.0)
-    value = float(stats.gamma.ppf(min(p, 99.9999) / 100.0, a, loc=loc, scale=scale)) + shift
-    if not np.isfinite(value):
-        return {**percentile_threshold(s, percentile=p), "note": "gamma fit did not converge"}
-    return {"method": "gamma", "percentile": p, "value": value, "n_scores": int(s.size),
-            "gamma": {"shape": float(a), "scale": float(scale), "shift": shift}}
+    tail = GammaTail.fit(scores)
+    if not tail.fitted:
+        out = percentile_threshold(scores, percentile=p)
+        return {**out, "note": f"gamma fit needs 3+ distinct scores, had {tail.n}",
+                "expected_false_alarm_rate": None}
+    value = tail.isf(1.0 - min(p, 99.9999) / 100.0)
+    return {"method": "gamma", "percentile": p, "value": value, "n_scores": tail.n, "n": tail.n,
+            "expected_false_alarm_rate": 1.0 - p / 100.0,
+            "gamma": {"shape": tail.shape, "scale": tail.scale, "shift": tail.shift}}
 
 
 def fit_threshold(scores, *, method: str = "percentile", percentile: float = DEFAULT_PERCENTILE,
@@ -88,3 +209,406 @@ def fit_threshold(scores, *, method: str = "percentile", percentile: float = DEF
             raise ConfigError("threshold method 'contamination' needs a contamination fraction")
         return contamination_threshold(scores, contamination=contamination)
     raise ConfigError(f"threshold method must be percentile, gamma or contamination, not {method!r}")
+
+
+# --------------------------------------------------------------------------------------
+# groups and out-of-fold splits
+# --------------------------------------------------------------------------------------
+def groups_from_paths(paths: Sequence, group_by: str | None = None) -> list[str]:
+    """One group label per recording.
+
+    Parameters
+    ----------
+    paths : sequence of str or None
+        The recordings' paths (``None`` for an array: its own group).
+    group_by : str or None
+        ``None``: every recording its own group. ``"folder"``: recordings in one
+        folder form a group. Otherwise a regular expression searched in the path:
+        its first capture group (or the whole match) names the group; a path it
+        does not match is its own group.
+
+    Returns
+    -------
+    list of str, one per recording.
+    """
+    if group_by is not None and group_by != "folder":
+        try:
+            pattern = re.compile(group_by)
+        except re.error as exc:
+            raise ConfigError(f"group pattern {group_by!r} is not a regular expression: {exc}") from None
+    out = []
+    for i, p in enumerate(paths):
+        own = f"#{i}" if p is None else str(p)
+        if p is None or group_by is None:
+            out.append(own)
+        elif group_by == "folder":
+            s = str(p).replace("\\", "/")
+            out.append(s.rsplit("/", 1)[0] if "/" in s else ".")
+        else:
+            m = pattern.search(str(p))
+            out.append(own if m is None else (m.group(1) if m.groups() and m.group(1) is not None else m.group(0)))
+    return out
+
+
+def group_folds(groups: Sequence, *, n_folds: int = DEFAULT_FOLDS) -> np.ndarray:
+    """Assign recordings to out-of-fold splits, never splitting a group.
+
+    Deterministic, and independent of any seed: the groups in name order (for file
+    paths, roughly recording order) are dealt to the folds in turn, so neighbouring
+    recordings (often one session) spread over the folds and every fold is a fair
+    sample of the sessions. With fewer groups than ``n_folds``, one fold per group.
+
+    Returns
+    -------
+    ndarray of int, shape ``(n_recordings,)``: each recording's fold, ``0 .. k-1``.
+    """
+    groups = [str(g) for g in groups]
+    if not groups:
+        raise ConfigError("cannot make folds of zero recordings")
+    labels = sorted(set(groups))
+    k = min(int(n_folds), len(labels))
+    if k < 2:
+        raise ConfigError(f"out-of-fold calibration needs at least 2 groups of recordings, got {len(labels)}")
+    fold_of_group = {g: i % k for i, g in enumerate(labels)}
+    return np.array([fold_of_group[g] for g in groups], dtype=np.int64)
+
+
+# --------------------------------------------------------------------------------------
+# the alert rule, shared by the calibration and the live monitor
+# --------------------------------------------------------------------------------------
+class AlertCounter:
+    """The k-of-n alert lifecycle on a stream of anomalous / normal window flags.
+
+    An alert opens when ``k`` of the last ``n`` windows (since the last alert closed)
+    are anomalous, and closes after ``quiet_windows`` consecutive windows that are
+    not. :meth:`update` returns ``"open"``, ``"close"`` or ``None``. The live monitor
+    and the calibration run this same object.
+    """
+
+    def __init__(self, k: int, n: int, quiet_windows: int):
+        if not 1 <= int(k) <= int(n):
+            raise ConfigError(f"alert rule needs 1 <= k <= n, got k={k}, n={n}")
+        if int(quiet_windows) < 1:
+            raise ConfigError(f"an alert must close after at least one quiet window, not {quiet_windows}")
+        self.k, self.n, self.quiet_windows = int(k), int(n), int(quiet_windows)
+        self.reset()
+
+    def reset(self) -> None:
+        self.history: collections.deque[bool] = collections.deque(maxlen=self.n)
+        self.open = False
+        self.quiet = 0
+
+    def update(self, anomalous: bool) -> str | None:
+        self.history.append(bool(anomalous))
+        if self.open:
+            if anomalous:
+                self.quiet = 0
+                return None
+            self.quiet += 1
+            if self.quiet >= self.quiet_windows:
+                self.open = False
+                self.history.clear()
+                return "close"
+            return None
+        if sum(self.history) >= self.k:
+            self.open, self.quiet = True, 0
+            return "open"
+        return None
+
+
+def count_alerts(scores, level: float, *, k: int, n: int, quiet_windows: int) -> int:
+    """Alert episodes :class:`AlertCounter` opens on one continuous stream of window scores."""
+    c = AlertCounter(k, n, quiet_windows)
+    return sum(c.update(s > level) == "open" for s in np.asarray(scores, dtype=np.float64))
+
+
+def kth_of_last_n(scores, *, k: int, n: int) -> np.ndarray:
+    """``M_t``: the k-th largest of the last ``n`` window scores at each window.
+
+    ``-inf`` while fewer than ``k`` windows have been seen. ``k`` of the last ``n``
+    windows exceed a level exactly when ``M_t`` does.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    if s.size == 0:
+        return s
+    padded = np.concatenate([np.full(n - 1, -np.inf), s])
+    view = np.lib.stride_tricks.sliding_window_view(padded, n)
+    return np.sort(view, axis=1)[:, n - k]
+
+
+# --------------------------------------------------------------------------------------
+# the decision units
+# --------------------------------------------------------------------------------------
+def clip_calibration(clip_scores, *, rate: float = DEFAULT_CLIP_FALSE_ALARM_RATE, groups=None) -> dict:
+    """The clip threshold: ``1 - rate`` quantile of a gamma fitted to out-of-fold clip scores.
+
+    Parameters
+    ----------
+    clip_scores : array_like, shape ``(n,)``
+        Out-of-fold scores of normal clips.
+    rate : float
+        Share of normal clips expected above the threshold.
+    groups : sequence or None
+        Each score's group, for the spread-across-groups check.
+
+    Returns
+    -------
+    dict with ``value``, ``method``, ``n`` (scores it rests on), ``expected_false_alarm_rate``,
+    ``observed_false_alarm_rate`` (share of the given scores above it), ``gamma`` and
+    ``warnings`` (list of str).
+    """
+    rate = _check_rate(rate)
+    s = _finite(clip_scores)
+    tail = GammaTail.fit(s)
+    warnings = []
+    if tail.fitted:
+        value, method = tail.isf(rate), "gamma"
+    else:
+        value, method = float(s.max()), "max"
+        warnings.append(f"the clip threshold is the largest of {s.size} scores: no distribution can be "
+                        "fitted to fewer than 3 distinct scores")
+    if s.size < MIN_SCORES:
+        warnings.append(f"the clip threshold rests on only {s.size} out-of-fold clip scores (fewer than "
+                        f"{MIN_SCORES}): its false-alarm rate is a guess; train on more recordings")
+    out = {"value": float(value), "method": method, "n": int(s.size),
+           "expected_false_alarm_rate": rate, "observed_false_alarm_rate": float(np.mean(s > value)),
+           "gamma": tail.to_dict(), "warnings": warnings}
+    if groups is not None:
+        out["warnings"] += group_spread_warnings(np.asarray(clip_scores, dtype=np.float64), groups, rate)
+    return out
+
+
+def group_spread_warnings(scores, groups, rate: float = DEFAULT_CLIP_FALSE_ALARM_RATE) -> list[str]:
+    """Warn when a whole group (a session) scores above the threshold the other groups give.
+
+    For each group, the clip threshold is fitted without it; a group whose median
+    out-of-fold score is above that sounded new to a calibration made from the other
+    sessions: sessions differ more than one session varies, and fresh sessions
+    will raise false alarms.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    g = np.asarray(list(groups), dtype=object)
+    labels = list(dict.fromkeys(g.tolist()))
+    if len(labels) < 3 or len(labels) == s.size:
+        return []
+    bad = []
+    for lab in labels:
+        others = s[g != lab]
+        if others.size >= 3 and np.median(s[g == lab]) > GammaTail.fit(others).isf(rate):
+            bad.append(lab)
+    if not bad:
+        return []
+    return [f"{len(bad)} of {len(labels)} groups of recordings score above the threshold the other groups give "
+            f"(e.g. {bad[0]!r}): sessions differ widely; record more sessions of normal running"]
+
+
+def worst_window_threshold(calibration: dict, n_windows: int) -> float:
+    """Threshold for a file's worst of ``n_windows`` window scores.
+
+    ``calibration`` is the ``"long_file"`` entry :func:`long_file_calibration` made.
+    The file-wise false-alarm rate stays at its ``expected_false_alarm_rate``: each
+    window's threshold is exceeded with probability ``1 - (1 - rate) ** (1 / n)``.
+    """
+    n = max(1, int(n_windows))
+    tail = GammaTail.from_dict(calibration["gamma"])
+    rate = float(calibration["expected_false_alarm_rate"])
+    per_window = -math.expm1(math.log1p(-rate) / n)
+    return max(tail.isf(per_window), float(calibration.get("floor", -math.inf)))
+
+
+def long_file_calibration(window_scores, *, rate: float = DEFAULT_CLIP_FALSE_ALARM_RATE,
+                          floor: float | None = None) -> dict:
+    """The worst-window calibration: a gamma fitted to out-of-fold scan-window scores.
+
+    ``floor``: the thresholds never go below it (the clip threshold: a long file
+    is not flagged more easily than a clip). Use :func:`worst_window_threshold`.
+    """
+    rate = _check_rate(rate)
+    s = _finite(window_scores)
+    tail = GammaTail.fit(s)
+    out = {"method": "gamma, family-wise over n windows", "n": int(s.size), "expected_false_alarm_rate": rate,
+           "gamma": tail.to_dict(), "warnings": []}
+    if floor is not None:
+        out["floor"] = float(floor)
+    if s.size < MIN_SCORES:
+        out["warnings"].append(f"the long-file threshold rests on only {s.size} out-of-fold window scores")
+    out["examples"] = {str(n): worst_window_threshold(out, n) for n in (1, 6, 60, 360)}
+    return out
+
+
+#: Live monitor defaults (the monitor and the calibration share them): window, hop, k of n, quiet period.
+DEFAULT_LIVE_WINDOW_SECONDS = 2.0
+DEFAULT_LIVE_HOP_SECONDS = 0.5
+DEFAULT_ALERT_K, DEFAULT_ALERT_N = 3, 5
+DEFAULT_QUIET_SECONDS = 30.0
+#: A file up to this many clip lengths is one clip unit (scored whole).
+WHOLE_FILE_TOLERANCE = 1.25
+
+
+def live_geometry(*, sr: int, feature_hop: int, min_samples: int, clip_seconds: float | None,
+                  window_seconds: float | None = None, hop_seconds: float | None = None) -> tuple[int, int]:
+    """The live monitor's window and hop in samples.
+
+    Window: ``window_seconds``, by default ``DEFAULT_LIVE_WINDOW_SECONDS`` or the training
+    clip length if shorter, but at least one feature window (``min_samples``). Hop:
+    ``hop_seconds`` (default ``DEFAULT_LIVE_HOP_SECONDS``) rounded to whole feature frames.
+    """
+    if window_seconds is None:
+        clip = clip_seconds or DEFAULT_LIVE_WINDOW_SECONDS
+        window = max(int(round(min(DEFAULT_LIVE_WINDOW_SECONDS, clip) * sr)), int(min_samples))
+    else:
+        window = int(round(float(window_seconds) * sr))
+    h = DEFAULT_LIVE_HOP_SECONDS if hop_seconds is None else float(hop_seconds)
+    if h <= 0:
+        raise ConfigError(f"hop must be > 0 s, not {h}")
+    return window, max(1, round(h * sr / feature_hop)) * int(feature_hop)
+
+
+def unit_starts(n_samples: int, segment: int) -> np.ndarray:
+    """Starts of the clip units ``scan`` scores a recording in.
+
+    A recording up to ``WHOLE_FILE_TOLERANCE`` segments is one unit (the whole of it);
+    a longer one is cut into back-to-back segments, the last aligned to its end.
+    """
+    if n_samples <= WHOLE_FILE_TOLERANCE * segment:
+        return np.zeros(1, dtype=np.int64)
+    starts = np.arange(0, n_samples - segment + 1, segment, dtype=np.int64)
+    if starts[-1] + segment < n_samples:
+        starts = np.append(starts, n_samples - segment)
+    return starts
+
+
+@dataclasses.dataclass(frozen=True)
+class AlertRule:
+    """A live alert rule in windows: ``k`` of ``n``, closed after ``quiet_windows``; one window per ``hop_seconds``."""
+
+    k: int
+    n: int
+    quiet_windows: int
+    hop_seconds: float
+
+    @property
+    def windows_per_day(self) -> float:
+        return SECONDS_PER_DAY / self.hop_seconds
+
+
+def live_calibration(streams: Sequence, rule: AlertRule, *,
+                     false_alarms_per_day: float = DEFAULT_FALSE_ALARMS_PER_DAY, min_episodes: int = 5) -> dict:
+    """The live window level for ``rule`` and a target rate of false alerts per day.
+
+    Parameters
+    ----------
+    streams : sequence of array_like
+        Out-of-fold window scores of continuous stretches of normal audio, one array
+        per stretch, one score per hop, as the monitor scores them.
+    rule : AlertRule
+    false_alarms_per_day : float
+        Target false alerts per day of monitoring normal sound.
+    min_episodes : int
+        The extremal index is measured at the highest level that still opens at
+        least this many alert episodes on the streams.
+
+    Returns
+    -------
+    dict with ``value`` (the window level), ``method``, ``n_windows``, ``audio_seconds``,
+    ``theta``, ``expected_false_alarms_per_day`` (the model's rate at ``value``),
+    ``observed_alerts`` (episodes on the streams at ``value``), ``gamma`` (fit of ``M_t``),
+    ``rule`` and ``warnings``.
+    """
+    target = float(false_alarms_per_day)
+    if not target > 0:
+        raise ConfigError(f"false alarms per day must be > 0, not {false_alarms_per_day!r}")
+    streams = [np.asarray(s, dtype=np.float64) for s in streams if np.size(s)]
+    streams = [s[np.isfinite(s)] for s in streams]
+    n_windows = int(sum(s.size for s in streams))
+    if n_windows == 0:
+        raise ConfigError("cannot set a live alert level from zero window scores")
+    m = np.concatenate([kth_of_last_n(s, k=rule.k, n=rule.n) for s in streams])
+    m = m[np.isfinite(m)]
+    warnings = []
+    audio = n_windows * rule.hop_seconds
+    if m.size < MIN_SCORES:
+        warnings.append(f"the live alert level rests on only {m.size} windows: its alert rate is a guess")
+    if audio < MIN_AUDIO_SECONDS:
+        warnings.append(f"only {audio / 60:.1f} min of normal audio: false alerts per day are extrapolated "
+                        "far beyond it; train on more minutes")
+    tail = GammaTail.fit(m if m.size else np.concatenate(streams))
+
+    def episodes(level: float) -> int:
+        return sum(count_alerts(s, level, k=rule.k, n=rule.n, quiet_windows=rule.quiet_windows) for s in streams)
+
+    # Extremal index: alert episodes per window with M above a level, at the highest level (of a
+    # grid of upper quantiles) that still opens min_episodes episodes; the lowest one otherwise.
+    theta, theta_level, theta_episodes = 1.0, float("nan"), 0
+    if m.size:
+        for q in (0.95, 0.9, 0.8, 0.7, 0.5):
+            u = float(np.quantile(m, q))
+            e, x = episodes(u), int(np.sum(m > u))
+            if x > 0:
+                theta, theta_level, theta_episodes = min(1.0, e / x), u, e
+            if e >= min_episodes:
+                break
+        if theta_episodes < min_episodes:
+            warnings.append(f"the streams open only {theta_episodes} alert episodes even at their median: "
+                            "the extremal index is rough, taken as " + f"{theta:.3g}")
+    theta = max(theta, 1e-3)
+    per_window = target / (theta * rule.windows_per_day)
+    value = tail.isf(min(per_window, 1.0))
+    expected = float(theta * tail.sf(value) * rule.windows_per_day)
+    observed = episodes(value)
+    return {"value": float(value), "method": "gamma tail of the k-th largest of n window scores x extremal index",
+            "n_windows": n_windows, "n": int(m.size), "n_streams": len(streams), "audio_seconds": float(audio),
+            "theta": float(theta), "theta_level": theta_level, "theta_episodes": int(theta_episodes),
+            "target_false_alarms_per_day": target, "expected_false_alarms_per_day": expected,
+            "observed_alerts": int(observed), "gamma": tail.to_dict(),
+            "rule": dataclasses.asdict(rule), "warnings": warnings}
+
+
+def expected_alerts_per_day(calibration: dict, level: float) -> float:
+    """The live model's false alerts per day at another window ``level`` (same rule)."""
+    tail = GammaTail.from_dict(calibration["gamma"])
+    rule = AlertRule(**calibration["rule"])
+    return float(calibration["theta"] * tail.sf(level) * rule.windows_per_day)
+
+
+# --------------------------------------------------------------------------------------
+# operating state: is the machine running at all?
+# --------------------------------------------------------------------------------------
+def block_levels_db(y, *, sr: int, block_seconds: float = LEVEL_BLOCK_SECONDS) -> np.ndarray:
+    """RMS level (dBFS) of consecutive blocks of a signal, shape ``(n_blocks,)`` (at least one)."""
+    y = np.asarray(y, dtype=np.float64)
+    b = max(1, int(round(block_seconds * sr)))
+    n = y.size // b
+    if n == 0:
+        return np.array([10 * np.log10(np.mean(y ** 2) + 1e-20)])
+    return 10 * np.log10(np.mean(y[: n * b].reshape(n, b) ** 2, axis=1) + 1e-20)
+
+
+def level_profile(levels_db, *, margin_db: float = STOPPED_MARGIN_DB) -> dict:
+    """The training audio's level distribution and the level below which the machine counts as stopped.
+
+    ``stopped_below_db`` = the quietest 1 % of training blocks minus ``margin_db``.
+    """
+    lv = _finite(levels_db)
+    q = np.percentile(lv, [0, 1, 50, 99, 100])
+    return {"block_seconds": LEVEL_BLOCK_SECONDS, "n_blocks": int(lv.size), "min_db": float(q[0]),
+            "p1_db": float(q[1]), "median_db": float(q[2]), "p99_db": float(q[3]), "max_db": float(q[4]),
+            "margin_db": float(margin_db), "stopped_below_db": float(q[1] - margin_db)}
+
+
+def window_level_db(y, *, sr: int) -> float:
+    """A window's level for the operating-state check: the median of its 0.5 s block levels.
+
+    The median ignores a knock or two in an otherwise silent window.
+    """
+    return float(np.median(block_levels_db(y, sr=sr)))
+
+
+def machine_stopped(level_db: float, profile: dict, *, was_stopped: bool = False, hysteresis_db: float = 3.0) -> bool:
+    """Whether a window at ``level_db`` means the machine is stopped.
+
+    Stopped below ``stopped_below_db``; once stopped, running again only above it
+    plus ``hysteresis_db`` (no flapping at the border).
+    """
+    limit = float(profile["stopped_below_db"]) + (hysteresis_db if was_stopped else 0.0)
+    return bool(level_db < limit)

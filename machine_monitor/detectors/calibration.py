@@ -1,0 +1,274 @@
+"""Out-of-fold calibration of a fitted detector, the same for every kind.
+
+:func:`calibrate` gathers the evidence the pure functions of
+:mod:`machine_monitor.threshold` turn into thresholds:
+
+1. the training recordings are split into folds that never split a group
+   (:func:`~machine_monitor.threshold.group_folds`; default one group per file);
+2. for each fold, a scorer blind to it: the kind's own cross-fitted parts when it has
+   them (``det._fold_scorers(fold_of)``, e.g. the autoencoder ensemble's fold network
+   with a scorer refitted without the fold), otherwise a clone of the detector with the
+   same parameters fitted on the other folds;
+3. with it, every recording of the fold is scored in *clip units* as ``scan`` scores
+   files (the whole recording up to 1.25 clip lengths, else clip-length segments) and
+   the fold's recordings, concatenated (seeded order), are streamed through the live
+   monitor's windows (its window length and hop), one window score per hop;
+4. the clip / long-file / live calibrations and the training level profile follow.
+
+The result is ``det.calibration_`` (everything, for ``model.json``), ``det.threshold_``
+(the clip threshold, what ``predict`` and ``scan`` use), and ``det.calibration_streams_``
+(the out-of-fold live window scores, kept so a monitor with another alert rule or
+false-alarm target re-calibrates from the same evidence).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+
+import numpy as np
+
+from machine_monitor.errors import AudioReadError, ConfigError
+from machine_monitor.threshold import (
+    DEFAULT_CLIP_FALSE_ALARM_RATE,
+    DEFAULT_FALSE_ALARMS_PER_DAY,
+    DEFAULT_FOLDS,
+    MIN_SCORES,
+    AlertRule,
+    block_levels_db,
+    clip_calibration,
+    group_folds,
+    groups_from_paths,
+    level_profile,
+    live_calibration,
+    live_geometry,
+    long_file_calibration,
+    percentile_threshold,
+    unit_starts,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _unit_scores(score, y: np.ndarray, segment: int) -> list[float]:
+    """Scores of a recording in scan's clip units."""
+    return [score(y[s:s + segment] if y.size > segment * 1.25 else y) for s in unit_starts(y.size, segment)]
+
+
+def _stream_scores(score, y: np.ndarray, window: int, hop: int) -> np.ndarray:
+    """One score per hop of the monitor's sliding windows over ``y`` (windows end at window, window + hop, ...)."""
+    out = []
+    for start in range(0, y.size - window + 1, hop):
+        try:
+            out.append(score(y[start:start + window]))
+        except AudioReadError:  # a digitally silent window: the monitor skips it too
+            out.append(np.nan)
+    return np.asarray(out, dtype=np.float64)
+
+
+def _split_at_gaps(s: np.ndarray) -> list[np.ndarray]:
+    """Continuous runs of finite scores (the monitor restarts its history after a gap)."""
+    runs, cur = [], []
+    for v in s:
+        if np.isfinite(v):
+            cur.append(v)
+        elif cur:
+            runs.append(np.asarray(cur))
+            cur = []
+    if cur:
+        runs.append(np.asarray(cur))
+    return runs
+
+
+def clone_fold_scorers(det, clips: list, fold_of: np.ndarray) -> list:
+    """For each fold, ``score_signal`` of a clone of ``det`` fitted without that fold."""
+    params = dict(det.get_params())
+    scorers = []
+    for k in range(int(fold_of.max()) + 1):
+        train = [c for c, f in zip(clips, fold_of) if f != k]
+        clone = type(det)(**params)
+        clone.calibrate_on_fit = False
+        clone.fit(train)
+        scorers.append(clone.score_signal)
+    return scorers
+
+
+def calibrate(det, clips: list, *, groups=None, signals=None, rate: float | None = None,
+              false_alarms_per_day: float | None = None, rule: tuple[int, int, float] = (3, 5, 30.0),
+              n_folds: int = DEFAULT_FOLDS) -> dict:
+    """Calibrate every decision unit of a fitted detector from out-of-fold scores of ``clips``.
+
+    Parameters
+    ----------
+    det : fitted detector
+    clips : list
+        The normal training recordings (paths, arrays or ``(array, sr)``).
+    groups : sequence or None
+        One label per clip; clips of one group stay on one side of every split.
+        ``None``: every clip its own group.
+    signals : list of ndarray or None
+        The clips already loaded (16 kHz mono), if the caller has them.
+    rate : float or None
+        Clip (and long-file) false-alarm rate; default ``1 - det.percentile / 100``.
+    false_alarms_per_day : float or None
+        Live target; default ``DEFAULT_FALSE_ALARMS_PER_DAY``.
+    rule : (k, n, quiet_seconds)
+        The live alert rule the level is set for.
+    n_folds : int
+
+    Returns
+    -------
+    dict, also stored as ``det.calibration_``; sets ``det.threshold_`` and ``det.calibration_streams_``.
+    """
+    clips = list(clips)
+    pct = getattr(det, "percentile", None)
+    rate = float(rate) if rate is not None else (1.0 - pct / 100.0 if pct else DEFAULT_CLIP_FALSE_ALARM_RATE)
+    target = float(false_alarms_per_day if false_alarms_per_day is not None else DEFAULT_FALSE_ALARMS_PER_DAY)
+    if signals is None:
+        signals = [det.load_signal(c, i) for i, c in enumerate(clips)]
+    if groups is None:
+        groups = groups_from_paths([str(c) if isinstance(c, (str, os.PathLike)) else None for c in clips])
+    groups = [str(g) for g in groups]
+    if len(groups) != len(clips):
+        raise ConfigError(f"got {len(groups)} group labels for {len(clips)} recordings")
+    fold_of = group_folds(groups, n_folds=n_folds)
+    k_folds = int(fold_of.max()) + 1
+    scorers = None
+    hook = getattr(det, "_fold_scorers", None)
+    if hook is not None:
+        scorers = hook(fold_of)
+    how = "the detector's own cross-fitted parts"
+    if scorers is None:
+        how = f"{k_folds} clones fitted without their fold"
+        scorers = clone_fold_scorers(det, clips, fold_of)
+
+    how = f"out-of-fold: {k_folds} folds of {len(set(groups))} groups, scored by {how}"
+    return _calibrate_from(det, signals, groups, fold_of, scorers, how=how, rate=rate, target=target, rule=rule)
+
+
+def recalibrate(det, clips: list, *, groups=None, rate: float | None = None,
+                false_alarms_per_day: float | None = None, rule: tuple[int, int, float] | None = None) -> dict:
+    """Re-calibrate a fitted detector from recordings it never heard (recent normal running).
+
+    The same units, streams and fits as :func:`calibrate`; no folds are needed, since
+    neither the networks nor the scorer saw these recordings: the detector itself
+    scores them. ``rule`` and the rates default to the model's current calibration.
+    """
+    clips = list(clips)
+    old = getattr(det, "calibration_", None) or {}
+    if rule is None:
+        r = old.get("live", {}).get("rule")
+        rule = (r["k"], r["n"], old["live"].get("quiet_seconds", 30.0)) if r else (3, 5, 30.0)
+    if rate is None:
+        rate = old.get("clip", {}).get("expected_false_alarm_rate")
+    if false_alarms_per_day is None:
+        false_alarms_per_day = old.get("live", {}).get("target_false_alarms_per_day")
+    pct = getattr(det, "percentile", None)
+    rate = float(rate) if rate is not None else (1.0 - pct / 100.0 if pct else DEFAULT_CLIP_FALSE_ALARM_RATE)
+    target = float(false_alarms_per_day if false_alarms_per_day is not None else DEFAULT_FALSE_ALARMS_PER_DAY)
+    signals = [det.load_signal(c, i) for i, c in enumerate(clips)]
+    if groups is None:
+        groups = groups_from_paths([str(c) if isinstance(c, (str, os.PathLike)) else None for c in clips])
+    groups = [str(g) for g in groups]
+    fold_of = np.zeros(len(signals), dtype=np.int64)
+    how = f"recordings the model never heard ({len(set(groups))} groups), scored by the detector itself"
+    return _calibrate_from(det, signals, groups, fold_of, [det.score_signal], how=how, rate=rate, target=target,
+                           rule=rule)
+
+
+def _calibrate_from(det, signals, groups, fold_of, scorers, *, how, rate, target, rule) -> dict:
+    """Every decision unit's calibration from scorers blind to each fold's recordings."""
+    cfg = det.feature_config
+    sr = cfg.sr
+    k_folds = int(fold_of.max()) + 1
+    seconds = np.array([y.size / sr for y in signals])
+    clips = signals
+    clip_seconds = getattr(det, "clip_seconds_", None) or 10.0
+    segment = max(cfg.min_samples, int(round(clip_seconds * sr)))
+    window, hop = live_geometry(sr=sr, feature_hop=cfg.hop_length, min_samples=cfg.min_samples,
+                                clip_seconds=clip_seconds)
+    k, n, quiet_seconds = int(rule[0]), int(rule[1]), float(rule[2])
+    live_rule = AlertRule(k=k, n=n, quiet_windows=max(1, math.ceil(quiet_seconds * sr / hop)), hop_seconds=hop / sr)
+
+    unit_scores, unit_groups, streams = [], [], []
+    order = np.random.default_rng(getattr(det, "seed", 0)).permutation(len(signals))
+    for f in range(k_folds):
+        ids = [i for i in order if fold_of[i] == f]
+        for i in ids:
+            s = _unit_scores(scorers[f], signals[i], segment)
+            unit_scores += s
+            unit_groups += [groups[i]] * len(s)
+        stream = np.concatenate([signals[i] for i in ids])
+        streams += _split_at_gaps(_stream_scores(scorers[f], stream, window, hop))
+    unit_scores = np.asarray(unit_scores, dtype=np.float64)
+
+    # The clip threshold: scan-unit scores; when there are too few, non-overlapping live windows
+    # (each a clip unit or shorter: their scores spread at least as wide, so the threshold errs high).
+    evidence, source = unit_scores, "out-of-fold clip scores"
+    stride = max(1, math.ceil(window / hop))
+    independent = np.concatenate([s[::stride] for s in streams]) if streams else np.zeros(0)
+    if unit_scores.size < MIN_SCORES and independent.size > unit_scores.size:
+        evidence, source = independent, "out-of-fold scores of non-overlapping live windows"
+        unit_groups = None
+    if getattr(det, "threshold_method", "gamma") == "percentile":
+        clip = {**percentile_threshold(evidence, percentile=100 * (1 - rate)), "warnings": []}
+        if evidence.size < MIN_SCORES:
+            clip["warnings"].append(f"the clip threshold rests on only {evidence.size} out-of-fold scores")
+    else:
+        clip = clip_calibration(evidence, rate=rate, groups=unit_groups)
+    clip["evidence"] = source
+    clip["n_recordings"] = len(clips)
+    clip["percentile"] = 100.0 * (1.0 - rate)
+    clip["n_scores"] = clip["n"]
+    long_file = long_file_calibration(evidence, rate=rate, floor=clip["value"])
+    long_file["evidence"] = source
+    long_file["segment_seconds"] = segment / sr
+    live = live_calibration(streams, live_rule, false_alarms_per_day=target)
+    live["window_seconds"], live["hop_seconds"] = window / sr, hop / sr
+    live["quiet_seconds"] = quiet_seconds
+    # The live level never sits below the clip threshold: a window flagged live is at least a flagged clip.
+    if live["value"] < clip["value"]:
+        live["value_model"], live["value"] = live["value"], clip["value"]
+        live["note"] = "raised to the clip threshold"
+    levels = level_profile(np.concatenate([block_levels_db(y, sr=sr) for y in signals]))
+
+    warnings = list(dict.fromkeys(clip.get("warnings", []) + long_file["warnings"] + live["warnings"]))
+    minutes = float(seconds.sum() / 60)
+    cal = {
+        "version": 1,
+        "how": how,
+        "n_recordings": len(clips), "n_groups": len(set(groups)), "n_folds": k_folds,
+        "audio_minutes": minutes,
+        "clip": clip, "long_file": long_file, "live": live, "levels": levels,
+        "expected": {"clip_false_alarm_rate": rate, "long_file_false_alarm_rate": rate,
+                     "live_false_alerts_per_day": live["expected_false_alarms_per_day"]},
+        "warnings": warnings,
+    }
+    det.calibration_ = cal
+    det.calibration_streams_ = streams
+    det.threshold_ = {k_: v for k_, v in clip.items() if k_ != "gamma"} | {"gamma": clip.get("gamma")}
+    det.val_scores_ = unit_scores
+    det.fold_of_ = fold_of
+    for w in warnings:
+        log.warning("%s", w)
+    return cal
+
+
+def describe(cal: dict) -> list[str]:
+    """What a user should expect, one line each (``train`` prints these)."""
+    c, lf, lv = cal["clip"], cal["long_file"], cal["live"]
+    ex = lf.get("examples", {})
+    return [
+        f"evidence: {cal['n_recordings']} recordings ({cal['audio_minutes']:.1f} min) in {cal['n_groups']} groups, "
+        f"{cal['how']}",
+        f"clip threshold {c['value']:.4g} ({c['method']} on {c['n']} {c['evidence']}): expect "
+        f"{100 * c['expected_false_alarm_rate']:.2g} % of normal clips flagged",
+        f"long files: worst window against a threshold that grows with the windows "
+        f"({', '.join(f'{k} windows {v:.4g}' for k, v in ex.items())}): expect "
+        f"{100 * lf['expected_false_alarm_rate']:.2g} % of normal files flagged",
+        f"live alerts: window level {lv['value']:.4g}, {lv['rule']['k']} of {lv['rule']['n']} windows "
+        f"({lv['window_seconds']:.2f} s every {lv['hop_seconds']:.3f} s): expect "
+        f"{lv['expected_false_alarms_per_day']:.2g} false alerts per day of monitoring (target "
+        f"{lv['target_false_alarms_per_day']:g}; extrapolated from {lv['audio_seconds'] / 60:.1f} min)",
+    ]

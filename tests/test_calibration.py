@@ -1,0 +1,182 @@
+"""Calibration mathematics on synthetic scores: each decision unit's threshold holds its promised rate.
+
+The generators here stand in for out-of-fold scores of normal sound: what matters is that a
+threshold fitted to a sample of them keeps its promise on fresh draws of the same process.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from machine_monitor.errors import ConfigError
+from machine_monitor.threshold import (
+    AlertCounter,
+    AlertRule,
+    clip_calibration,
+    count_alerts,
+    group_folds,
+    groups_from_paths,
+    kth_of_last_n,
+    level_profile,
+    live_calibration,
+    long_file_calibration,
+    machine_stopped,
+    worst_window_threshold,
+)
+
+
+def _normal_scores(rng, size):
+    """Mahalanobis-like scores of normal sound: a chi distribution with 16 degrees of freedom, x 10."""
+    return 10 * np.sqrt(rng.chisquare(16, size))
+
+
+# -- clip ------------------------------------------------------------------------------
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_clip_threshold_keeps_its_false_alarm_rate_on_fresh_normal_scores(seed):
+    rng = np.random.default_rng(seed)
+    cal = clip_calibration(_normal_scores(rng, 60), rate=0.05)
+    fresh = _normal_scores(rng, 20_000)
+    fa = np.mean(fresh > cal["value"])
+    assert cal["n"] == 60 and cal["expected_false_alarm_rate"] == 0.05 and cal["method"] == "gamma"
+    assert 0.015 <= fa <= 0.11, f"promised 5 %, got {fa:.3f} at threshold {cal['value']:.1f}"
+    assert not cal["warnings"]
+
+
+def test_clip_threshold_from_few_scores_warns_loudly():
+    cal = clip_calibration(_normal_scores(np.random.default_rng(0), 6))
+    assert cal["n"] == 6
+    assert any("only 6" in w for w in cal["warnings"])
+
+
+def test_clip_threshold_from_two_scores_is_their_maximum_and_says_so():
+    cal = clip_calibration([1.0, 2.0])
+    assert cal["value"] == 2.0 and cal["method"] == "max"
+    assert any("fewer than 3" in w for w in cal["warnings"])
+
+
+def test_a_group_that_scores_above_the_threshold_out_of_fold_is_reported():
+    rng = np.random.default_rng(0)
+    scores = np.r_[_normal_scores(rng, 40), _normal_scores(rng, 10) + 200]
+    groups = ["a"] * 20 + ["b"] * 20 + ["c"] * 10
+    cal = clip_calibration(scores, groups=groups)
+    assert any("sessions differ" in w for w in cal["warnings"])
+    quiet = clip_calibration(_normal_scores(rng, 50), groups=groups)
+    assert not any("sessions differ" in w for w in quiet["warnings"])
+
+
+# -- long file ---------------------------------------------------------------------------
+def test_worst_window_threshold_grows_with_the_number_of_windows_and_keeps_the_file_rate():
+    rng = np.random.default_rng(1)
+    cal = long_file_calibration(_normal_scores(rng, 300), rate=0.05)
+    t = [worst_window_threshold(cal, n) for n in (1, 10, 100, 1000)]
+    assert t == sorted(t) and t[0] < t[-1]
+    # Files of 100 independent normal windows: the share whose worst window is flagged ~ 5 %.
+    files = _normal_scores(rng, (4000, 100)).max(axis=1)
+    fa = np.mean(files > t[2])
+    assert 0.015 <= fa <= 0.12, fa
+    # The clip threshold applied to those worst windows would flag most files.
+    assert np.mean(files > t[0]) > 0.5
+
+
+def test_worst_window_threshold_never_goes_below_the_floor():
+    cal = long_file_calibration(_normal_scores(np.random.default_rng(2), 100), floor=1e6)
+    assert worst_window_threshold(cal, 1) == 1e6
+
+
+# -- live --------------------------------------------------------------------------------
+def _overlapping_stream(rng, n, span=20):
+    """Window scores of a sliding window that overlaps ``span`` hops: a moving average, strongly dependent."""
+    x = rng.exponential(1.0, n + span - 1)
+    return np.convolve(x, np.ones(span) / span, mode="valid") * 10
+
+
+def test_alert_counter_opens_on_k_of_n_and_closes_after_the_quiet_period():
+    c = AlertCounter(3, 5, quiet_windows=4)
+    flags = [1, 0, 1, 0, 0, 1, 1, 0, 1, 0, 0, 0, 0, 1]
+    events = [c.update(bool(f)) for f in flags]
+    assert events.index("open") == 6  # windows 2, 5, 6 are anomalous: 3 of the last 5
+    assert events.index("close") == 12  # 4 quiet windows after window 8
+    assert events.count("open") == 1
+    assert count_alerts(np.array(flags, float), 0.5, k=3, n=5, quiet_windows=4) == 1
+
+
+def test_kth_of_last_n_is_above_a_level_exactly_when_k_of_the_last_n_are():
+    rng = np.random.default_rng(3)
+    s = rng.normal(size=200)
+    m = kth_of_last_n(s, k=3, n=5)
+    for t in range(200):
+        last = s[max(0, t - 4): t + 1]
+        assert (m[t] > 0.5) == (np.sum(last > 0.5) >= 3)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_live_level_gives_about_the_target_alerts_per_day_on_a_long_normal_stream(seed):
+    rng = np.random.default_rng(seed)
+    rule = AlertRule(k=3, n=5, quiet_windows=20, hop_seconds=0.5)
+    # 40 min of training audio in 8 stretches; target 100 false alerts a day (so a few days show it).
+    train = [_overlapping_stream(rng, 600) for _ in range(8)]
+    cal = live_calibration(train, rule, false_alarms_per_day=100.0)
+    assert cal["n_windows"] == 4800 and cal["audio_seconds"] == 2400.0
+    days = 4
+    fresh = _overlapping_stream(rng, int(days * rule.windows_per_day))
+    per_day = count_alerts(fresh, cal["value"], k=3, n=5, quiet_windows=20) / days
+    assert 100 / 3 <= per_day <= 100 * 3, f"target 100/day, measured {per_day:.0f}/day"
+    # The level a single-window rule would need for that rate sits lower: k-of-n buys margin.
+    assert cal["expected_false_alarms_per_day"] == pytest.approx(100.0, rel=1e-3)
+
+
+def test_live_level_rises_as_the_target_rate_falls():
+    rng = np.random.default_rng(4)
+    rule = AlertRule(k=3, n=5, quiet_windows=60, hop_seconds=0.512)
+    train = [_overlapping_stream(rng, 700) for _ in range(3)]
+    levels = [live_calibration(train, rule, false_alarms_per_day=r)["value"] for r in (10, 1, 0.1, 0.01)]
+    assert levels == sorted(levels)
+
+
+def test_live_level_from_little_audio_warns():
+    rule = AlertRule(k=3, n=5, quiet_windows=60, hop_seconds=0.512)
+    cal = live_calibration([_overlapping_stream(np.random.default_rng(5), 100)], rule)
+    assert any("min of normal audio" in w for w in cal["warnings"])
+
+
+# -- groups --------------------------------------------------------------------------------
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_group_folds_never_split_a_group_and_balance_the_folds(seed):
+    rng = np.random.default_rng(seed)
+    groups = [f"session{g}" for g in rng.integers(0, 12, 80)]
+    fold = group_folds(groups, n_folds=5)
+    for g in set(groups):
+        assert len({fold[i] for i, h in enumerate(groups) if h == g}) == 1, g
+    assert set(fold) == set(range(5))
+    sizes = np.bincount([fold[groups.index(g)] for g in set(groups)])
+    assert sizes.max() - sizes.min() <= 1  # groups dealt evenly
+    assert (group_folds(list(reversed(groups)))[::-1] == fold).all()  # a function of the groups, not their order
+
+
+def test_group_folds_with_fewer_groups_than_folds_use_one_fold_per_group():
+    fold = group_folds(["a", "a", "b", "b", "b"], n_folds=5)
+    assert sorted(set(fold)) == [0, 1] and fold[0] == fold[1] != fold[2]
+    with pytest.raises(ConfigError, match="at least 2 groups"):
+        group_folds(["a", "a"], n_folds=5)
+
+
+def test_groups_from_paths_by_file_folder_and_pattern():
+    paths = ["d/s1/a.wav", "d/s1/b.wav", "d/s2/c.wav", "x_2021_01.wav", "x_2021_02.wav", "y.wav"]
+    assert len(set(groups_from_paths(paths))) == 6
+    by_folder = groups_from_paths(paths, "folder")
+    assert by_folder[0] == by_folder[1] != by_folder[2]
+    by_day = groups_from_paths(paths, r"_(\d{4})_")
+    assert by_day[3] == by_day[4] == "2021" and len(set(by_day)) == 5
+    with pytest.raises(ConfigError, match="not a regular expression"):
+        groups_from_paths(paths, "(")
+
+
+# -- operating state ---------------------------------------------------------------------------
+def test_machine_stopped_below_the_training_levels_with_hysteresis():
+    prof = level_profile(np.random.default_rng(0).normal(-28, 0.5, 500))
+    assert prof["stopped_below_db"] == pytest.approx(prof["p1_db"] - 10)
+    assert machine_stopped(-52.0, prof)
+    assert not machine_stopped(-27.0, prof)
+    border = prof["stopped_below_db"] + 1.0
+    assert not machine_stopped(border, prof) and machine_stopped(border, prof, was_stopped=True)
