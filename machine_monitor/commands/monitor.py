@@ -38,8 +38,12 @@ def register(sub) -> None:
                    help="alert when K of the last N windows are anomalous")
     w.add_argument("--quiet-period", type=float, default=30.0, metavar="S",
                    help="an alert episode ends after S seconds without an anomalous window")
-    w.add_argument("--margin", type=float, default=0.1,
-                   help="a window is anomalous above threshold + MARGIN * |threshold| (0: the model's threshold)")
+    w.add_argument("--margin", type=float, default=None,
+                   help="a window is anomalous above clip threshold + MARGIN * |threshold| instead of the model's "
+                   "calibrated live level (default: the calibrated level)")
+    w.add_argument("--false-alarms-per-day", type=positive_float, default=None, metavar="RATE",
+                   help="re-calibrate the live level for this many false alerts per day of normal sound "
+                   "(default: the model's target, set at training)")
     o = p.add_argument_group("where alerts go")
     o.add_argument("--alert-log", type=Path, default=Path("alerts.jsonl"), metavar="FILE",
                    help="append every event as a JSON line (flushed to disk at once)")
@@ -74,7 +78,8 @@ def run(args) -> int:
         raise ConfigError("--on-alert needs a command")
     model_dir = resolve_model(args.model)
     det = load_detector(model_dir)
-    policy = AlertPolicy(k=args.k_of_n[0], n=args.k_of_n[1], quiet_seconds=args.quiet_period, margin=args.margin)
+    policy = AlertPolicy(k=args.k_of_n[0], n=args.k_of_n[1], quiet_seconds=args.quiet_period, margin=args.margin,
+                         false_alarms_per_day=args.false_alarms_per_day)
     if args.input is not None:
         source = FileSource(args.input, speed=args.speed, channel=args.channel)
     else:
@@ -96,7 +101,7 @@ def run(args) -> int:
     try:
         print(f"monitoring {source.describe()} with {model_dir}: {monitor.window_seconds:.2f} s windows every "
               f"{monitor.hop_seconds:.3f} s, alert when {policy.k} of {policy.n} exceed {monitor.level:.4g} "
-              f"(threshold {det.threshold_value_:.4g} + {policy.margin:g}); events to {args.alert_log}",
+              f"({monitor.level_source}); events to {args.alert_log}",
               file=sys.stderr, flush=True)
         summary = monitor.run()
     finally:

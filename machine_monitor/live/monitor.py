@@ -41,8 +41,17 @@ import numpy as np
 from machine_monitor.audio.sources import Source
 from machine_monitor.errors import AudioDeviceError, ConfigError
 from machine_monitor.live.policy import AlertPolicy
-from machine_monitor.live.sinks import ALERT, ALERT_END, SIGNAL_LOST, SIGNAL_RESTORED, Event
+from machine_monitor.live.sinks import (
+    ALERT,
+    ALERT_END,
+    MACHINE_RUNNING,
+    MACHINE_STOPPED,
+    SIGNAL_LOST,
+    SIGNAL_RESTORED,
+    Event,
+)
 from machine_monitor.live.windows import SILENCE_CHUNK, RingBuffer, signal_problem
+from machine_monitor.threshold import AlertCounter, machine_stopped, window_level_db
 
 log = logging.getLogger(__name__)
 
@@ -146,8 +155,11 @@ class Monitor:
         if h <= 0:
             raise ConfigError(f"hop must be > 0 s, not {h}")
         self.hop = max(1, round(h * self.sr / cfg.hop_length)) * cfg.hop_length
-        self.level = policy.level(detector.threshold_value_)
         self.quiet_windows = max(1, math.ceil(policy.quiet_seconds * self.sr / self.hop))
+        #: The score a window must exceed, and how it was set (calibrated live level, see AlertPolicy).
+        self.level, self.level_source = policy.window_level(detector, window=self.window, hop=self.hop)
+        #: The training audio's level profile: far quieter sound means the machine is stopped.
+        self.levels = (getattr(detector, "calibration_", None) or {}).get("levels")
         self.scorer = detector.streaming()
         if incremental is not None:
             self.scorer.incremental = incremental and self.scorer.incremental
@@ -184,8 +196,10 @@ class Monitor:
         """
         self.summary = MonitorSummary(threshold=self.level)
         self._history: collections.deque[_Window] = collections.deque(maxlen=self.policy.n)
+        self._counter = AlertCounter(self.policy.k, self.policy.n, self.quiet_windows)
         self._episode: dict | None = None
         self._signal_ok = True
+        self._stopped = False
         self._restart_segment()
         # The first scoring pays for lazy imports and allocations: not inside the first hop.
         self.detector.window_scores(np.random.default_rng(0).normal(0, 0.1, self.window).astype(np.float32))
@@ -261,6 +275,8 @@ class Monitor:
             self._signal_lost(problem)
             self._status(stop, None, False)
             return
+        if self.levels is not None and self._machine_state(start, stop):
+            return
         score = self.scorer.score(self.ring, start, stop)
         if not self._signal_ok:
             self._signal_ok = True
@@ -274,25 +290,45 @@ class Monitor:
         self._apply_policy(self._history[-1])
         self._status(stop, score, anomalous)
 
+    def _machine_state(self, start: int, stop: int) -> bool:
+        """Raise / clear ``machine_stopped``; True while the machine is stopped (the window is not scored)."""
+        level = window_level_db(self.ring.get(start, stop), sr=self.sr)
+        stopped = machine_stopped(level, self.levels, was_stopped=self._stopped)
+        if stopped != self._stopped:
+            self._stopped = stopped
+            if stopped:
+                if self._episode is not None:
+                    self._close_episode("machine stopped")
+                self._history.clear()
+                self._counter.reset()
+                reason = (f"level {level:.1f} dBFS, below {self.levels['stopped_below_db']:.1f} dBFS "
+                          f"(training audio: {self.levels['p1_db']:.1f} dBFS and up)")
+            else:
+                reason = f"level {level:.1f} dBFS"
+            self._emit(Event.now(MACHINE_STOPPED if stopped else MACHINE_RUNNING, model=self.model_name,
+                                 stream_seconds=stop / self.sr, reason=reason))
+        if stopped:
+            self.scorer.skip_to(start + self.hop)
+            self._status(stop, None, False)
+        return stopped
+
     def _apply_policy(self, w: _Window) -> None:
+        change = self._counter.update(w.anomalous)  # the k-of-n rule the calibration ran (threshold.AlertCounter)
         ep = self._episode
         if ep is not None:
             if w.anomalous:
-                ep["last_stop"], ep["quiet"] = w.stop, 0
+                ep["last_stop"] = w.stop
                 ep["peak"] = max(ep["peak"], w.score)
-            else:
-                ep["quiet"] += 1
-                if ep["quiet"] >= self.quiet_windows:
-                    self._close_episode(f"quiet for {self.policy.quiet_seconds:g} s")
+            if change == "close":
+                self._close_episode(f"quiet for {self.policy.quiet_seconds:g} s")
+            return
+        if change != "open":
             return
         bad = [h for h in self._history if h.anomalous]
-        if len(bad) < self.policy.k:
-            return
         self.summary.alerts += 1
         first = bad[0].start
         peak = max(h.score for h in bad)
-        self._episode = {"n": self.summary.alerts, "first_start": first, "last_stop": w.stop, "peak": peak,
-                         "quiet": 0}
+        self._episode = {"n": self.summary.alerts, "first_start": first, "last_stop": w.stop, "peak": peak}
         audio = self.ring.get(max(first, self.ring.total - self.ring.capacity), w.stop)
         self._emit(Event.now(ALERT, model=self.model_name, stream_seconds=w.stop / self.sr, threshold=self.level,
                              peak_score=peak, duration=(w.stop - first) / self.sr,
@@ -301,6 +337,7 @@ class Monitor:
     def _close_episode(self, reason: str) -> None:
         ep, self._episode = self._episode, None
         self._history.clear()
+        self._counter.reset()
         self._emit(Event.now(ALERT_END, model=self.model_name, stream_seconds=self.ring.total / self.sr,
                              threshold=self.level, peak_score=ep["peak"],
                              duration=(ep["last_stop"] - ep["first_start"]) / self.sr, episode=ep["n"],
@@ -325,7 +362,8 @@ class Monitor:
     def _status(self, stop: int, score: float | None, anomalous: bool) -> None:
         if self.on_window is None:
             return
-        state = "no signal" if score is None else ("ALERT" if self._episode is not None else "normal")
+        state = ("machine stopped" if self._stopped else "no signal") if score is None else (
+            "ALERT" if self._episode is not None else "normal")
         self.on_window(WindowResult(stop / self.sr, score, self.level, anomalous, state))
 
 

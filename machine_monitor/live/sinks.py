@@ -32,6 +32,8 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 ALERT, ALERT_END, SIGNAL_LOST, SIGNAL_RESTORED = "alert", "alert_end", "signal_lost", "signal_restored"
+#: Operating state: sound far quieter than any training audio (the machine is off), and its end.
+MACHINE_STOPPED, MACHINE_RUNNING = "machine_stopped", "machine_running"
 #: Events a person must hear about; ``--on-alert`` runs for these.
 ACTION_EVENTS = (ALERT, SIGNAL_LOST)
 
@@ -83,6 +85,10 @@ class Event:
                     f" ({self.reason})")
         if self.event == SIGNAL_LOST:
             return f"SIGNAL LOST at {at}: {self.reason}"
+        if self.event == MACHINE_STOPPED:
+            return f"machine stopped at {at}: {self.reason} (not scored until it runs again)"
+        if self.event == MACHINE_RUNNING:
+            return f"machine running again at {at}" + (f" ({self.reason})" if self.reason else "")
         return f"signal restored at {at}" + (f" ({self.reason})" if self.reason else "")
 
 
