@@ -20,7 +20,8 @@ from machine_monitor.errors import MachineMonitorError
 
 EXIT_OK, EXIT_ANOMALY, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 # Order shown in --help.
-COMMANDS = ("train", "threshold", "scan", "evaluate", "devices", "record", "monitor")
+COMMANDS = ("train", "threshold", "scan", "evaluate", "devices", "record", "monitor", "serve",
+            "events")  # events.py also registers `ack` and `silence`
 
 log = logging.getLogger("machine_monitor")
 

@@ -619,14 +619,16 @@ def describe(ev: dict) -> str:
 
 
 SYSTEMD_UNIT = """\
-# machine-monitor service: copy to /etc/systemd/system/machine-monitor.service, then
-#   sudo useradd --system --groups audio --home-dir {workdir} machine-monitor
+# machine-monitor service. Install:
+#   sudo useradd --system --user-group --groups audio --home-dir /var/lib/machine-monitor {user}
+#   sudo cp machine-monitor.service /etc/systemd/system/
 #   sudo systemctl daemon-reload && sudo systemctl enable --now machine-monitor
-#   journalctl -u machine-monitor -f          # its log
-#   sudo systemctl reload machine-monitor     # re-read {config} (SIGHUP)
+#   journalctl -u machine-monitor -f           # the log (events, device trouble)
+#   sudo systemctl reload machine-monitor      # re-read {config} (SIGHUP)
+# {config} must be readable by {user}; its store and evidence_dir must be writable by it
+# (e.g. absolute paths under /var/lib/machine-monitor, which systemd creates for it).
 [Unit]
-Description=machine-monitor: acoustic monitoring of {config_name}
-Documentation=https://example.invalid/machine-monitor#running-on-a-factory-pc
+Description=machine-monitor: acoustic monitoring ({config_name})
 Wants=network-online.target sound.target
 After=network-online.target sound.target
 
@@ -635,7 +637,8 @@ Type=simple
 User={user}
 Group={user}
 SupplementaryGroups=audio
-WorkingDirectory={workdir}
+StateDirectory=machine-monitor
+WorkingDirectory=/var/lib/machine-monitor
 ExecStart={exe} serve {config}
 ExecReload=/bin/kill -HUP $MAINPID
 Restart=on-failure
@@ -662,10 +665,13 @@ def systemd_unit(config_path: str | os.PathLike | None, *, user: str = "machine-
     import shutil
 
     config = Path(config_path).resolve() if config_path else Path("/etc/machine-monitor/machines.toml")
-    exe = exe or shutil.which("machine-monitor") or f"{sys.executable} -m machine_monitor.cli"
-    if user == "root":
+    if exe is None:
+        beside = Path(sys.executable).parent / "machine-monitor"  # the console script of this environment
+        exe = (str(beside) if beside.is_file()
+               else shutil.which("machine-monitor") or f"{sys.executable} -m machine_monitor.cli")
+    if user == "root" or not user:
         raise ConfigError("the service must not run as root; name a user in the audio group")
-    return SYSTEMD_UNIT.format(config=config, config_name=config.name, user=user, exe=exe, workdir=config.parent)
+    return SYSTEMD_UNIT.format(config=config, config_name=config.name, user=user, exe=exe)
 
 
 class JournalFormatter(logging.Formatter):

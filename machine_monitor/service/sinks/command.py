@@ -15,7 +15,7 @@ import os
 import subprocess
 import sys
 
-from machine_monitor.service.sinks import DeliveryError, Sink
+from machine_monitor.service.sinks.base import DeliveryError, Sink
 
 
 def event_environment(event: dict) -> dict[str, str]:

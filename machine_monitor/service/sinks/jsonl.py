@@ -12,7 +12,7 @@ import json
 import os
 from pathlib import Path
 
-from machine_monitor.service.sinks import DeliveryError, Sink
+from machine_monitor.service.sinks.base import DeliveryError, Sink
 
 
 def last_event_id(path: Path) -> int:

@@ -24,7 +24,7 @@ import json
 import logging
 import threading
 
-from machine_monitor.service.sinks import DeliveryError, Sink
+from machine_monitor.service.sinks.base import DeliveryError, Sink
 
 log = logging.getLogger(__name__)
 

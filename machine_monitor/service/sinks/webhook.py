@@ -12,7 +12,7 @@ import json
 import urllib.error
 import urllib.request
 
-from machine_monitor.service.sinks import DeliveryError, Sink
+from machine_monitor.service.sinks.base import DeliveryError, Sink
 
 
 class WebhookSink(Sink):
