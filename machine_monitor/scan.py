@@ -190,7 +190,7 @@ def _scan_dask(model: str, files: list[str], options: dict, address: str, chunk_
     try:
         from distributed import Client, as_completed
     except ImportError:
-        raise ConfigError("--dask needs dask.distributed: pip install 'machine-monitor[dask]'") from None
+        raise ConfigError("a dask scan needs dask.distributed: pip install 'machine-monitor[dask]'") from None
     absolute = [str(Path(f).absolute()) for f in files]  # workers may run in another directory
     try:
         client = Client(address, timeout="10s")
@@ -271,7 +271,7 @@ def read_rows(path: str | os.PathLike, fmt: str) -> list[ScanRow]:
     if not path.exists():
         return []
     if fmt not in ("csv", "jsonl"):
-        raise ConfigError(f"--resume needs a csv or jsonl output, not {fmt}: use --format csv or jsonl")
+        raise ConfigError(f"{path}: resuming needs a csv or jsonl output, not {fmt}")
     text = path.read_text(encoding="utf-8")
     lines = text.splitlines()
     if text and not text.endswith("\n"):

@@ -37,7 +37,7 @@ def test_multichannel_is_mean_of_channels_or_chosen_channel(tmp_path):
     path = write(tmp_path / "st.wav", np.stack([left, right], axis=1), subtype="FLOAT")
     assert np.allclose(load_audio(path), (left + right) / 2, atol=1e-6)
     assert np.allclose(load_audio(path, channel=1), right, atol=1e-6)
-    with pytest.raises(AudioReadError, match=r"st\.wav: has 2 channels, cannot use --channel 2"):
+    with pytest.raises(AudioReadError, match=r"st\.wav: has 2 channels, cannot use channel 2"):
         load_audio(path, channel=2)
 
 

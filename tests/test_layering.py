@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "machine_monitor"
 
 # Lowest first. A module matches the longest prefix listed (a package covers its modules).
 FLOORS = [
-    ["machine_monitor.errors"],
+    ["machine_monitor.errors", "machine_monitor.params"],
     ["machine_monitor.audio", "machine_monitor.features", "machine_monitor.synth", "machine_monitor.screening"],
     ["machine_monitor.autoencoder", "machine_monitor.training"],
     ["machine_monitor.scorers"],

@@ -114,7 +114,7 @@ def test_resume_needs_an_output_in_a_resumable_format(model_dir, archive, tmp_pa
     table = tmp_path / "scan.txt"
     table.write_text("path score\n")
     assert scan(model_dir, archive, "--output", table, "--resume") == 2
-    assert "--resume needs a csv or jsonl output" in capsys.readouterr().err
+    assert "resuming needs a csv or jsonl output" in capsys.readouterr().err
 
 
 def test_html_report_is_self_contained_with_table_histogram_and_spectrograms(model_dir, archive, tmp_path):

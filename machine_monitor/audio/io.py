@@ -61,7 +61,7 @@ def to_mono(y: np.ndarray, *, channel: int | None = None, source: str = "audio")
     y = np.asarray(y, dtype=np.float32)
     if y.ndim == 1:
         if channel not in (None, 0):
-            raise AudioReadError(f"{source}: has 1 channel, cannot use --channel {channel}")
+            raise AudioReadError(f"{source}: has 1 channel, cannot use channel {channel}")
         return y
     if y.ndim != 2:
         raise AudioReadError(f"{source}: expected (samples, channels) audio, got shape {y.shape}")
@@ -69,7 +69,7 @@ def to_mono(y: np.ndarray, *, channel: int | None = None, source: str = "audio")
         return y.mean(axis=1, dtype=np.float32)
     if not 0 <= channel < y.shape[1]:
         raise AudioReadError(
-            f"{source}: has {y.shape[1]} channels, cannot use --channel {channel} (0-based)"
+            f"{source}: has {y.shape[1]} channels, cannot use channel {channel} (0-based)"
         )
     return np.ascontiguousarray(y[:, channel])
 

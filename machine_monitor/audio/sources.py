@@ -79,7 +79,7 @@ def resolve_device(device: int | str | None) -> dict:
     if device is None or device == "":
         default = [d for d in inputs if d["default"]]
         if not default:
-            raise AudioDeviceError(f"no default input device; pick one with --device ({names})")
+            raise AudioDeviceError(f"no default input device; pick one of the inputs ({names})")
         return default[0]
     if isinstance(device, int) or str(device).isdigit():
         found = [d for d in inputs if d["index"] == int(device)]
@@ -88,7 +88,7 @@ def resolve_device(device: int | str | None) -> dict:
         found = exact or [d for d in inputs if str(device).lower() in d["name"].lower()]
     if len(found) != 1:
         what = "no input device matches" if not found else "several input devices match"
-        raise AudioDeviceError(f"{what} --device {device!r}; inputs are {names}")
+        raise AudioDeviceError(f"{what} {device!r}; inputs are {names}")
     return found[0]
 
 
@@ -391,7 +391,7 @@ class LiveSource(Source):
         channels = self.channel + 1 if self.channel is not None else min(2, info["channels"])
         if channels > info["channels"]:
             raise AudioDeviceError(f"{info['name']} has {info['channels']} input channels, "
-                                   f"cannot use --channel {self.channel} (0-based)")
+                                   f"cannot use channel {self.channel} (0-based)")
         rate = int(self.samplerate or info["default_samplerate"])
         self.device_info = info
         self._open_queue(rate)

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from machine_monitor.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 ALERT, ALERT_END, SIGNAL_LOST, SIGNAL_RESTORED = "alert", "alert_end", "signal_lost", "signal_restored"
@@ -164,7 +166,7 @@ class CommandRunner:
     def __init__(self, argv: list[str], *, events: tuple[str, ...] = ACTION_EVENTS, timeout: float = 60.0,
                  max_pending: int = 100):
         if not argv:
-            raise ValueError("empty --on-alert command")
+            raise ConfigError("empty alert command")
         self.argv = list(argv)
         self.events = events
         self.timeout = timeout
@@ -181,7 +183,7 @@ class CommandRunner:
             self._queue.put_nowait(event)
         except queue.Full:
             self.failures += 1
-            log.error("--on-alert: %d commands already waiting, skipping this event", self._queue.qsize())
+            log.error("alert command: %d already waiting, skipping this event", self._queue.qsize())
 
     def _work(self) -> None:
         while True:
@@ -201,14 +203,14 @@ class CommandRunner:
                                  timeout=self.timeout, check=False)
         except subprocess.TimeoutExpired:
             self.failures += 1
-            log.error("--on-alert %s: still running after %.0f s, killed", self.argv[0], self.timeout)
+            log.error("alert command %s: still running after %.0f s, killed", self.argv[0], self.timeout)
         except OSError as exc:
             self.failures += 1
-            log.error("--on-alert %s: cannot run it: %s", self.argv[0], exc)
+            log.error("alert command %s: cannot run it: %s", self.argv[0], exc)
         else:
             if res.returncode != 0:
                 self.failures += 1
-                log.error("--on-alert %s: exit status %d", self.argv[0], res.returncode)
+                log.error("alert command %s: exit status %d", self.argv[0], res.returncode)
 
     def close(self, timeout: float | None = None) -> None:
         """Let queued commands finish (up to ``timeout`` seconds in all), then stop the worker."""

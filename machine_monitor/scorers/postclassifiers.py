@@ -128,7 +128,7 @@ class ClipFeatureScorer(Scorer):
         if y is None:
             if self.supervised:
                 raise ConfigError(f"scorer {self.name!r} is supervised: it needs labelled anomalies "
-                                  "(fit(recons, y) / --anomalies DIR)")
+                                  "(fit(recons, y) with labelled anomalies)")
             return np.zeros(len(recons), dtype=np.int64)
         y = np.asarray(y, dtype=np.int64)
         if y.shape != (len(recons),) or not np.isin(y, (0, 1)).all():
@@ -170,10 +170,6 @@ class ClipFeatureScorer(Scorer):
         raise NotImplementedError
 
     # -- persistence -------------------------------------------------------
-    def get_params(self) -> dict:
-        return {**super().get_params(), "context": self.context, "n_estimators": self.n_estimators,
-                "seed": self.seed}
-
     def get_arrays(self) -> dict[str, np.ndarray]:
         return {"residual_mean": self.residual_mean_, "residual_std": self.residual_std_}
 
@@ -213,10 +209,6 @@ class _HistogramFeatures(ClipFeatureScorer):
             z = z[np.argpartition(-energy, k - 1)[:k]]
         return difference_histogram(z, context=self.context, bins=self.bins, value_range=self.value_range,
                                     bands=self.bands)
-
-    def get_params(self) -> dict:
-        return {**super().get_params(), "bins": self.bins, "value_range": self.value_range, "bands": self.bands,
-                "top_fraction": self.top_fraction}
 
 
 class _ForestMixin:

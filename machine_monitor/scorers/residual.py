@@ -17,6 +17,7 @@ import re
 import numpy as np
 
 from machine_monitor.errors import ConfigError, NotFittedError
+from machine_monitor.params import keyword_params
 
 
 @dataclasses.dataclass
@@ -90,7 +91,8 @@ class Scorer:
 
     # -- persistence -------------------------------------------------------
     def get_params(self) -> dict:
-        return {"aggregate": self.aggregate}
+        """``__init__``'s keyword parameters and their values (the one list of a scorer's parameters)."""
+        return {k: getattr(self, k) for k in keyword_params(type(self))}
 
     def get_arrays(self) -> dict[str, np.ndarray]:
         return {}
@@ -145,9 +147,6 @@ class MahalanobisScorer(Scorer):
             raise NotFittedError("MahalanobisScorer is not fitted")
         d = rec.residual - self.mean_
         return np.einsum("ij,ij->i", d @ self.precision_, d)
-
-    def get_params(self) -> dict:
-        return {**super().get_params(), "max_windows": self.max_windows, "seed": self.seed}
 
     def get_arrays(self) -> dict[str, np.ndarray]:
         return {"mean": self.mean_, "precision": self.precision_}
