@@ -39,6 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"machine_monitor.commands.{name}").register(sub)
+    # -q / -v are accepted after the command too (`machine-monitor scan -q ...`); SUPPRESS keeps
+    # a value given before the command when none is given after it.
+    for command in sub.choices.values():
+        command.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                             help="more log output on stderr")
+        command.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                             help="only errors on stderr, no progress bars")
     return parser
 
 

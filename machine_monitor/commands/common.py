@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
 from pathlib import Path
 
 DEFAULT_MODELS_DIR = Path("models")
@@ -57,3 +59,130 @@ def positive_float(text: str) -> float:
 def add_channel_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channel", type=int, default=None, metavar="C",
                    help="use channel C (0-based) of multichannel audio instead of the mean of all channels")
+
+
+# -- argument types: a bad value is a usage error (exit 2) naming the option, never a traceback --
+def positive_int(text: str) -> int:
+    """An integer >= 1 (epochs, batch size, folds, workers, ...)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return v
+
+
+def nonnegative_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return v
+
+
+def _finite(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return v
+
+
+def fraction(text: str) -> float:
+    """A number strictly between 0 and 1."""
+    v = _finite(text)
+    if not 0 < v < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {text}")
+    return v
+
+
+def percentile(text: str) -> float:
+    """A percentile in (0, 100]."""
+    v = _finite(text)
+    if not 0 < v <= 100:
+        raise argparse.ArgumentTypeError(f"must be in (0, 100], got {text}")
+    return v
+
+
+def nonnegative_float(text: str) -> float:
+    v = _finite(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return v
+
+
+def torch_device(text: str) -> str:
+    """``cpu``, ``cuda``, ``cuda:N`` or ``mps``; checked against the machine when the command runs."""
+    import re
+
+    if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", text):
+        raise argparse.ArgumentTypeError(f"must be cpu, cuda, cuda:N or mps, got {text!r}")
+    return text
+
+
+def check_device(device: str | None) -> None:
+    """Refuse a torch device this machine does not have (a one-line error, exit 2)."""
+    from machine_monitor.errors import ConfigError
+
+    if device is None or device == "cpu":
+        return
+    import torch
+
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {device}: no CUDA GPU is available on this machine (use --device cpu)")
+        index = int(device.split(":", 1)[1]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    elif device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError("--device mps: Apple's Metal backend is not available on this machine")
+
+
+def check_output_file(path: str | os.PathLike | None, option: str) -> None:
+    """An output file must be creatable: its folder exists, and it is not a folder itself."""
+    from machine_monitor.errors import ConfigError
+
+    if path is None:
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{option} {p}: is a directory; give a file name")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise ConfigError(f"{option} {p}: folder {parent} does not exist")
+    if p.exists() and not p.is_file():
+        raise ConfigError(f"{option} {p}: is not a regular file")
+    if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise ConfigError(f"{option} {p}: not writable")
+
+
+def check_output_dir(path: str | os.PathLike | None, option: str) -> None:
+    """An output folder must be a folder (or creatable): not an existing file."""
+    from machine_monitor.errors import ConfigError
+
+    if path is None:
+        return
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"{option} {p}: is a file, not a folder")
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Adds ``(default: X)`` to an option's help when it has a real default and does not say it already.
+
+    (argparse's ``ArgumentDefaultsHelpFormatter`` prints ``(default: None)`` on required
+    options and repeats defaults the help already names.)
+    """
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if (default is None or default is False or default is argparse.SUPPRESS or action.required
+                or not action.option_strings or "default" in text or "%(default)" in text):
+            return text
+        return f"{text} (default: %(default)s)"

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 from machine_monitor.commands.common import (
     DEFAULT_MODELS_DIR,
+    DefaultsHelpFormatter,
     add_channel_arg,
+    check_device,
     default_model_name,
     existing_audio_files,
+    fraction,
+    nonnegative_int,
+    percentile,
     positive_float,
+    positive_int,
+    torch_device,
 )
 
 HELP = "train a detector on recordings of a machine running normally"
@@ -19,7 +25,7 @@ HELP = "train a detector on recordings of a machine running normally"
 
 def register(sub) -> None:
     p = sub.add_parser("train", help=HELP, description=HELP + ". Saves it to models/<name>/ (or --out).",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=DefaultsHelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="DIR_OR_FILE", help="folders (or files) of normal recordings")
     p.add_argument("-o", "--out", type=Path, help="model directory (default: models/<name from the folder>)")
     p.add_argument("-r", "--recursive", action="store_true", help="also look in subfolders")
@@ -39,25 +45,27 @@ def register(sub) -> None:
     g.add_argument("--scorer", default=None,
                    help="window score on the reconstruction: mahalanobis (default) | mse")
     g.add_argument("--aggregate", default="mean", help="clip score from window scores: mean | max | median | pNN")
-    g.add_argument("--epochs", type=int, default=None,
+    g.add_argument("--epochs", type=positive_int, default=None,
                    help="maximum training epochs (ae: default 1000 for peak features, 100 for frame features, "
                    "early stopping on held-out clips; "
                    "aegmm/vaegmm: default 30)")
-    g.add_argument("--folds", type=int, default=None,
+    g.add_argument("--folds", type=positive_int, default=None,
                    help="ae: cross-fitted ensemble of this many networks (default 5 for peak features, 1 otherwise)")
-    g.add_argument("--batch-size", type=int, default=256)
-    g.add_argument("--lr", type=float, default=1e-3, help="learning rate")
-    g.add_argument("--val-fraction", type=float, default=0.2, help="share of clips held out for validation")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--device", default=None, help="torch device (default: a GPU if present, else cpu)")
+    g.add_argument("--batch-size", type=positive_int, default=256, help="training examples per optimiser step")
+    g.add_argument("--lr", type=positive_float, default=1e-3, help="learning rate (Adam)")
+    g.add_argument("--val-fraction", type=fraction, default=0.2, help="share of clips held out for validation")
+    g.add_argument("--seed", type=nonnegative_int, default=0,
+                   help="seeds the clip split, initialisation and batch order (same seed, same model on CPU)")
+    g.add_argument("--device", type=torch_device, default=None,
+                   help="torch device: cpu, cuda, cuda:N or mps (default: a GPU if present, else cpu)")
     add_channel_arg(g)
     t = p.add_argument_group("threshold")
-    t.add_argument("--percentile", type=float, default=99.0,
+    t.add_argument("--percentile", type=percentile, default=99.0,
                    help="alarm above this percentile of held-out normal clip scores")
     t.add_argument("--threshold-method", choices=("gamma", "percentile"), default="gamma",
                    help="percentile of a gamma distribution fitted to the held-out scores (extrapolates past the "
                    "few clips held out), or of the scores themselves")
-    t.add_argument("--contamination", type=positive_float, default=None, metavar="FRACTION",
+    t.add_argument("--contamination", type=fraction, default=None, metavar="FRACTION",
                    help="instead, set the threshold from --threshold-data, a folder known to hold this "
                    "fraction of anomalies")
     t.add_argument("--threshold-data", nargs="+", metavar="DIR_OR_FILE", help="the mixed folder for --contamination")
@@ -69,8 +77,12 @@ def run(args) -> int:
 
     if (args.contamination is None) != (args.threshold_data is None):
         raise ConfigError("--contamination and --threshold-data go together")
+    from machine_monitor.persistence import check_model_destination
+
+    check_device(args.device)
     clips = existing_audio_files(args.inputs, recursive=args.recursive)
     out = args.out or DEFAULT_MODELS_DIR / default_model_name(args.inputs[0])
+    check_model_destination(out)  # before training: a folder of recordings is never replaced
     print(f"training on {len(clips)} clips from {', '.join(args.inputs)}", file=sys.stderr)
     anomalies = existing_audio_files(args.anomalies, recursive=args.recursive) if args.anomalies else []
     det = _make_detector(args, ConfigError)
