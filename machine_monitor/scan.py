@@ -11,6 +11,7 @@ import csv
 import json
 import logging
 import os
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -296,3 +297,70 @@ def write_rows_atomic(path: str | os.PathLike, rows: Sequence[ScanRow], fmt: str
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+class ScanOutput:
+    """Where a scan's rows go, and what a resumed scan still has to do.
+
+    Without ``path``: rows go to ``stream``, sorted at the end (``order`` ``score`` or
+    ``input``) or as they complete (``completion``). With ``path``: every row is appended
+    and flushed as its file completes (an interrupted scan keeps them), and the file is
+    rewritten in order at the end; ``resume`` keeps the scored rows already there (error
+    rows are retried).
+
+    Use as a context manager; :attr:`todo` lists the files still to score,
+    :meth:`write` takes each new row, :meth:`finish` writes the final order.
+    """
+
+    def __init__(self, files: Sequence[str], *, path: str | os.PathLike | None = None, fmt: str | None = None,
+                 order: str = "score", resume: bool = False, stream=None):
+        if order not in ORDERS:
+            raise ConfigError(f"order must be one of {', '.join(ORDERS)}, not {order!r}")
+        if resume and path is None:
+            raise ConfigError("resuming a scan needs the output file it wrote")
+        self.path, self.order, self.stream = path, order, stream if stream is not None else sys.stdout
+        self.fmt = format_for(path, fmt)
+        position = {f: i for i, f in enumerate(files)}
+        self.kept = [r for r in (read_rows(path, self.fmt) if resume else []) if r.error is None]
+        for r in self.kept:
+            r.index = position.get(r.path, len(files))
+        done = {r.path for r in self.kept}
+        self.todo = [f for f in files if f not in done]
+        self.position = position
+        self.width = max(4, *(len(f) for f in files), *(len(r.path) for r in self.kept))
+        self.rows: list[ScanRow] = list(self.kept)
+        self._file = self._writer = None
+
+    def __enter__(self) -> ScanOutput:
+        if self.path is not None:
+            write_rows_atomic(self.path, self.kept, self.fmt, path_width=self.width)  # drops retried rows
+            self._file = open(self.path, "a", encoding="utf-8", newline="")  # noqa: SIM115 - closed in __exit__
+            self._writer = RowWriter(self._file, self.fmt, path_width=self.width, header=False)
+        elif self.order == "completion":
+            self._writer = RowWriter(self.stream, self.fmt, path_width=self.width)
+        return self
+
+    def write(self, row: ScanRow) -> None:
+        row.index = self.position.get(row.path, row.index)
+        self.rows.append(row)
+        if self._writer is not None:
+            self._writer.write(row)
+
+    def __exit__(self, *exc) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def finish(self) -> list[ScanRow]:
+        """Write the rows in their final order (file rewritten, or printed); returns them in that order."""
+        ordered = sort_rows(self.rows, self.order)
+        if self.order == "completion":
+            return ordered
+        if self.path is not None:
+            write_rows_atomic(self.path, ordered, self.fmt, path_width=self.width)
+        else:
+            w = RowWriter(self.stream, self.fmt, path_width=self.width, flush=False)
+            for r in ordered:
+                w.write(r)
+            self.stream.flush()
+        return ordered

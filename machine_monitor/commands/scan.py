@@ -65,12 +65,10 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from tqdm.auto import tqdm
-
     from machine_monitor.audio.io import find_audio_files
     from machine_monitor.detectors.registry import load_detector
     from machine_monitor.errors import ConfigError
-    from machine_monitor.scan import RowWriter, format_for, read_rows, scan_files, sort_rows, write_rows_atomic
+    from machine_monitor.scan import ScanOutput
 
     if args.resume and not args.output:
         raise ConfigError("--resume needs --output FILE (the scan to resume)")
@@ -83,64 +81,16 @@ def run(args) -> int:
     files = [str(f) for f in find_audio_files(args.inputs, recursive=args.recursive)]
     if not files:
         raise ConfigError(f"no audio files in {', '.join(args.inputs)}")
-    fmt = format_for(args.output, args.format)
-    position = {f: i for i, f in enumerate(files)}
-
-    # --resume: keep the scored rows, retry the error rows.
-    kept = [r for r in (read_rows(args.output, fmt) if args.resume else []) if r.error is None]
-    for r in kept:
-        r.index = position.get(r.path, len(files))
-    done = {r.path for r in kept}
-    todo = [f for f in files if f not in done]
-    width = max(4, *(len(f) for f in files), *(len(r.path) for r in kept))
-
-    rows = list(kept)
-    out = None
-    if args.output:
-        write_rows_atomic(args.output, kept, fmt, path_width=width)  # drops retried rows and a torn line
-        out = open(args.output, "a", encoding="utf-8", newline="")  # noqa: SIM115 - closed in finally
-        writer = RowWriter(out, fmt, path_width=width, header=False)
-    elif args.order == "completion":
-        writer = RowWriter(sys.stdout, fmt, path_width=width)
-    else:
-        writer = None  # sorted rows are printed at the end (or on Ctrl-C)
-
+    output = ScanOutput(files, path=args.output, fmt=args.format, order=args.order, resume=args.resume)
     t0 = time.perf_counter()
-    audio_s = 0.0
-    bar = tqdm(total=len(todo), unit="file", disable=not args.progress, file=sys.stderr, dynamic_ncols=True)
-    interrupted = False
-    try:
-        for row in scan_files(det, todo, model=model, workers=args.workers, dask_address=args.dask,
-                              segment_seconds=args.window_seconds, hop_seconds=args.hop_seconds):
-            row.index = position[row.path]
-            rows.append(row)
-            if writer is not None:
-                writer.write(row)
-            audio_s += row.duration or 0.0
-            bar.update()
-            bar.set_postfix_str(f"{audio_s / 3600 / max(time.perf_counter() - t0, 1e-9):.2f} audio-h/s", refresh=False)
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        bar.close()
-        if out is not None:
-            out.close()
+    audio_s, interrupted = _scan(args, det, model, output)
     elapsed = time.perf_counter() - t0
-
-    ordered = sort_rows(rows, args.order)
-    if args.output:
-        if args.order != "completion":
-            write_rows_atomic(args.output, ordered, fmt, path_width=width)
-    elif args.order != "completion":
-        w = RowWriter(sys.stdout, fmt, path_width=width, flush=False)
-        for r in ordered:
-            w.write(r)
-        sys.stdout.flush()
-
+    ordered = output.finish()
+    rows = output.rows
     n_anom = sum(r.anomalous for r in rows)
     n_err = sum(r.error is not None for r in rows)
     speed = f", {audio_s / elapsed:,.0f}x real time" if elapsed > 0 and audio_s else ""
-    print(f"{len(rows)} files: {n_anom} anomalous, {n_err} errors ({len(rows) - len(kept)} scanned now: "
+    print(f"{len(rows)} files: {n_anom} anomalous, {n_err} errors ({len(rows) - len(output.kept)} scanned now: "
           f"{audio_s / 3600:.2f} h of audio in {elapsed:.1f} s{speed})", file=sys.stderr)
     if args.report and not interrupted:
         from machine_monitor.reports.report import write_report
@@ -150,3 +100,27 @@ def run(args) -> int:
     if interrupted:
         raise KeyboardInterrupt
     return 2 if n_err else (1 if n_anom else 0)
+
+
+def _scan(args, det, model, output) -> tuple[float, bool]:
+    """Score the files still to do into ``output`` with a progress bar; (audio seconds, interrupted)."""
+    from tqdm.auto import tqdm
+
+    from machine_monitor.scan import scan_files
+
+    t0, audio_s = time.perf_counter(), 0.0
+    bar = tqdm(total=len(output.todo), unit="file", disable=not args.progress, file=sys.stderr, dynamic_ncols=True)
+    try:
+        with output:
+            for row in scan_files(det, output.todo, model=model, workers=args.workers, dask_address=args.dask,
+                                  segment_seconds=args.window_seconds, hop_seconds=args.hop_seconds):
+                output.write(row)
+                audio_s += row.duration or 0.0
+                bar.update()
+                rate = audio_s / 3600 / max(time.perf_counter() - t0, 1e-9)
+                bar.set_postfix_str(f"{rate:.2f} audio-h/s", refresh=False)
+    except KeyboardInterrupt:
+        return audio_s, True
+    finally:
+        bar.close()
+    return audio_s, False
