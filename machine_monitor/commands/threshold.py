@@ -7,17 +7,16 @@ retraining the network.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from machine_monitor.commands.common import add_model_arg, positive_float, resolve_model
+from machine_monitor.commands.common import DefaultsHelpFormatter, add_model_arg, fraction, resolve_model
 
 HELP = "re-set a trained model's alarm threshold from fresh recordings (no retraining)"
 
 
 def register(sub) -> None:
-    p = sub.add_parser("threshold", help=HELP, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = sub.add_parser("threshold", help=HELP, formatter_class=DefaultsHelpFormatter,
                        description=HELP + ". Scores the files as scan does and saves the model with the new "
                        "threshold (in place, atomically, or to --out).")
     add_model_arg(p)
@@ -27,7 +26,7 @@ def register(sub) -> None:
                    help="gamma/percentile: the recordings are all normal; contamination: they hold "
                    "--contamination anomalies")
     p.add_argument("--percentile", type=float, default=99.0, help="for gamma and percentile")
-    p.add_argument("--contamination", type=positive_float, default=None, metavar="FRACTION",
+    p.add_argument("--contamination", type=fraction, default=None, metavar="FRACTION",
                    help="fraction of anomalies in the recordings (with --method contamination)")
     p.add_argument("-o", "--out", type=Path, help="save the re-thresholded model here instead of in place")
     p.set_defaults(run=run)
@@ -38,8 +37,11 @@ def run(args) -> int:
     from machine_monitor.detectors.registry import load_detector
     from machine_monitor.errors import ConfigError
     from machine_monitor.filescore import score_file
+    from machine_monitor.persistence import check_model_destination
 
     path = resolve_model(args.model)
+    if args.out is not None:
+        check_model_destination(args.out)  # before scoring: only a model directory is ever replaced
     det = load_detector(path)
     files = existing_audio_files(args.inputs, recursive=args.recursive)
     rows = [score_file(det, f) for f in files]
