@@ -420,5 +420,249 @@ def _squeal(
     return gate * (tone + friction)
 
 
+# ---------------------------------------------------------------- fault mechanisms (SYNTHETIC)
+#
+# A benchmark of machine kinds x fault mechanisms, to see which view of a log-mel catches
+# which kind of fault. Everything here is SYNTHETIC: no real machine was recorded.
+
+MACHINE_KINDS = ("hum", "fan", "valve", "texture")
+MECHANISMS = ("level", "knocks", "weak_clicks", "modulation", "squeal", "drift")
+# Machines with periodic transients (valve actuations, a conveyor belt's splice) are the
+# only ones whose clicks can weaken or go missing.
+_CLICKING = ("valve", "texture")
+
+
+def mechanism_pairs() -> list[tuple[str, str]]:
+    """Every (machine kind, mechanism) the generator can make, in a fixed order."""
+    return [(k, m) for k in MACHINE_KINDS for m in MECHANISMS if m != "weak_clicks" or k in _CLICKING]
+
+
+@dataclass(frozen=True)
+class _Kind:
+    """Where a SYNTHETIC machine kind keeps its energy; faults act on these places."""
+
+    harmonic_hz: float  # fundamental of its harmonic series
+    harmonic_weights: tuple[float, ...]
+    noise: tuple[tuple[float, float, float], ...]  # (centre Hz, q, rms) band noises
+    level_band: tuple[float, float]  # (centre Hz, q) of the band whose level a "level" fault shifts
+    knock_hz: float  # resonance an intermittent knock rings
+    squeal_hz: float  # pitch of an added squeal
+    drift_order: int  # the harmonic (1-based) that drifts
+    knock_rel: float = 1.0  # knock size relative to the default (a loud machine hides knocks)
+    drift: float = 1.0  # drift size relative to the default
+    squeal_rel: float = 1.0  # squeal size relative to the default
+
+
+_KINDS = {
+    # Transformer / motor hum: harmonics of 100 Hz, a little structural noise.
+    "hum": _Kind(100.0, (0.070, 0.035, 0.025, 0.015, 0.010, 0.008, 0.006, 0.005, 0.004, 0.003),
+                 ((300.0, 1.5, 0.012), (1300.0, 2.0, 0.010), (3200.0, 1.5, 0.006)), (1300.0, 2.0), 2600.0,
+                 3300.0, 7),
+    # Fan: blade pass (7 blades x 24.6 Hz) and its harmonics over broadband airflow noise.
+    "fan": _Kind(172.2, (0.040, 0.018, 0.010, 0.006, 0.004),
+                 ((500.0, 0.8, 0.050), (1800.0, 1.0, 0.035), (4500.0, 1.2, 0.020)), (1800.0, 2.0), 3000.0,
+                 3600.0, 1, knock_rel=2.5, drift=2.0),
+    # Solenoid valve: an actuation click about once a second over weak pump hum and flow noise.
+    "valve": _Kind(60.0, (0.010, 0.008, 0.006, 0.004, 0.003, 0.002), ((800.0, 1.0, 0.008), (2500.0, 1.5, 0.004)),
+                   (800.0, 2.0), 3000.0, 5200.0, 5, knock_rel=2.5),
+    # Broadband texture: a conveyor's dense grain noise, a slow motor series, a splice thump every ~1.6 s.
+    "texture": _Kind(30.0, (0.015, 0.010, 0.008, 0.012, 0.005, 0.004, 0.003, 0.002),
+                     ((700.0, 0.7, 0.030), (3000.0, 0.8, 0.030), (6000.0, 1.0, 0.015)), (3000.0, 2.0), 1500.0,
+                     4800.0, 4, knock_rel=4.0, drift=6.0, squeal_rel=2.0),
+}
+
+# Fault sizes at severity 1, chosen so that no single view of the log-mel catches every
+# mechanism perfectly (see benchmarks/bench_generalisation.py).
+_LEVEL_DB = 2.5  # steady level change of one band
+_KNOCKS_PER_10S = 3.0  # mean number of knocks in 10 s (at least one per clip)
+_KNOCK_PEAK = 0.5  # knock peak relative to the clip's RMS
+_WEAK_CLICKS_DB = -4.0  # weaker clicks ...
+_MISSING_CLICKS = 0.15  # ... and this share of them missing
+_MODULATION_DEPTH = 0.2  # amplitude modulation depth, at 3-7 Hz
+_SQUEAL_REL = 0.08  # squeal amplitude relative to the clip's RMS
+_DRIFT = 0.03  # a harmonic drifts up to this fraction of its frequency over the clip
+
+
+def mechanism_sound(
+    seconds: float,
+    *,
+    kind: str,
+    mechanism: str | None = None,
+    seed: int = 0,
+    sr: int = 16000,
+    severity: float = 1.0,
+) -> np.ndarray:
+    """SYNTHETIC clip of one machine kind, optionally with one fault mechanism.
+
+    Machine kinds (each clip varies in level, speed, click timing and noise, so clips
+    differ as recordings of one machine do):
+
+    * ``hum``: steady harmonics of 100 Hz with a little structural noise;
+    * ``fan``: blade-pass tone and harmonics over broadband airflow noise;
+    * ``valve``: a short two-resonance click about once a second over weak hum and flow;
+    * ``texture``: dense broadband grain noise, a slow motor series and a periodic thump.
+
+    Mechanisms (for the whole clip):
+
+    * ``level``: one band's steady level a few dB higher;
+    * ``knocks``: a few intermittent knocks ringing a resonance;
+    * ``weak_clicks``: the periodic clicks weaker and some missing (``valve``, ``texture``);
+    * ``modulation``: the whole sound amplitude-modulated at a few hertz;
+    * ``squeal``: an added narrow-band tone with a wandering pitch;
+    * ``drift``: one harmonic slowly gliding up by a few percent.
+
+    Parameters
+    ----------
+    seconds : float > 0
+    kind : {"hum", "fan", "valve", "texture"}
+    mechanism : str or None
+        One of :data:`MECHANISMS`, or None for normal sound.
+    seed : int >= 0
+        Seed of everything random; the normal part does not depend on ``mechanism``.
+    sr : int >= 16000
+    severity : float > 0
+        Scales the fault's size (1 = the benchmark's difficulty).
+
+    Returns
+    -------
+    y : np.ndarray, shape (round(seconds * sr),), dtype float32
+        Mono, peak below 1.
+
+    Raises
+    ------
+    ValueError
+        On an unknown kind or mechanism, a mechanism the kind cannot have, or a bad argument.
+    """
+    if kind not in _KINDS:
+        raise ValueError(f"kind must be one of {MACHINE_KINDS}, not {kind!r}")
+    if mechanism is not None and (kind, mechanism) not in mechanism_pairs():
+        raise ValueError(f"mechanism {mechanism!r} is not one of {MECHANISMS} applicable to a {kind!r} machine")
+    n = int(np.rint(seconds * sr))
+    if n < 1 or sr < 16000 or seed < 0 or not severity > 0:
+        raise ValueError(f"need seconds > 0, sr >= 16000, seed >= 0, severity > 0; got {seconds}, {sr}, {seed}, "
+                         f"{severity}")
+    spec = _KINDS[kind]
+    base_seq, fault_seq = np.random.SeedSequence([seed, MACHINE_KINDS.index(kind)]).spawn(2)
+    rng, frng = np.random.default_rng(base_seq), np.random.default_rng(fault_seq)
+    t = np.arange(n) / sr
+    level = 10 ** (rng.normal(0.0, 1.0) / 20) * (1.0 + _wander(rng, n, sr, depth=0.05))
+
+    # Harmonic series; "drift" glides one harmonic up over the clip.
+    f0 = spec.harmonic_hz * (1.0 + rng.normal(0.0, 0.004))
+    glide = np.zeros(n)
+    if mechanism == "drift":
+        # Up over the first two thirds of the clip, then holding.
+        glide = severity * spec.drift * _DRIFT * frng.uniform(0.8, 1.0) * np.clip(t / seconds * 1.5, 0.0, 1.0)
+    y = np.zeros(n)
+    for order, weight in enumerate(spec.harmonic_weights, start=1):
+        amp = weight * (1.0 + _wander(rng, n, sr, depth=0.1)) * 10 ** (rng.normal(0.0, 0.5) / 20)
+        freq = order * f0 * (1.0 + (glide if order == spec.drift_order else 0.0))
+        y += amp * np.sin(rng.uniform(0, 2 * np.pi) + 2 * np.pi * np.cumsum(freq) / sr)
+    for centre, q, rms_ in spec.noise:
+        y += _band_noise(rng, n, sr, centre * (1.0 + rng.normal(0.0, 0.01)), q, rms_ * 10 ** (rng.normal(0, 0.5) / 20))
+    y += 0.002 * rng.standard_normal(n)
+
+    weak = mechanism == "weak_clicks"
+    if kind == "valve":
+        y += _clicks(rng, frng, n, sr, period=rng.uniform(0.8, 1.2), peak=0.3, bands=((1800.0, 6.0), (4200.0, 8.0)),
+                     decay_s=0.012, weak=weak, severity=severity)
+    elif kind == "texture":
+        grains = np.where(rng.random(n) < 400.0 / sr, rng.exponential(1.0, n), 0.0)
+        sos = signal.butter(2, [1000.0, 6500.0], btype="bandpass", output="sos", fs=sr)
+        y += 0.04 * signal.sosfilt(sos, grains)
+        y += _clicks(rng, frng, n, sr, period=rng.uniform(1.4, 1.8), peak=0.12, bands=((300.0, 2.0), (2000.0, 3.0)),
+                     decay_s=0.04, weak=weak, severity=severity)
+    y *= level
+
+    rms_y = float(np.sqrt(np.mean(y**2)))
+    if mechanism == "level":
+        sos = _bandpass(spec.level_band[0], spec.level_band[1], sr)
+        y = y + (10 ** (severity * _LEVEL_DB / 20) - 1.0) * signal.sosfiltfilt(sos, y)
+    elif mechanism == "knocks":
+        count = max(1, frng.poisson(_KNOCKS_PER_10S * seconds / 10.0))
+        imp = np.zeros(n)
+        at = frng.integers(0, max(1, n - sr // 20), count)
+        np.add.at(imp, at, frng.uniform(0.7, 1.0, count))
+        y += severity * spec.knock_rel * _KNOCK_PEAK * rms_y * _ring(imp, sr, spec.knock_hz, 0.015)
+    elif mechanism == "modulation":
+        fm = frng.uniform(3.0, 7.0)
+        y *= 1.0 + severity * _MODULATION_DEPTH * np.sin(2 * np.pi * fm * t + frng.uniform(0, 2 * np.pi))
+    elif mechanism == "squeal":
+        pitch = spec.squeal_hz * (1.0 + _wander(frng, n, sr, depth=0.02))
+        y += severity * spec.squeal_rel * _SQUEAL_REL * rms_y * np.sqrt(2) * np.sin(2 * np.pi * np.cumsum(pitch) / sr)
+    peak = np.abs(y).max()
+    if peak > 0.9:  # a guard: the levels above keep clips far from full scale
+        y *= 0.9 / peak
+    return y.astype(np.float32)
+
+
+def write_mechanism_set(
+    root: str | Path,
+    *,
+    kind: str,
+    n_train: int = 30,
+    n_test_normal: int = 20,
+    n_test_anomalous: int = 20,
+    seconds: float = 10.0,
+    seed: int = 0,
+) -> dict:
+    """Write one SYNTHETIC machine kind's benchmark set as 16 kHz 16-bit WAV and a split.
+
+    Layout: ``root/<kind>/train/normal_NNN.wav``, ``root/<kind>/test/normal_NNN.wav`` and
+    ``root/<kind>/test/anomaly_<mechanism>_NNN.wav`` for every mechanism the kind can have.
+    Clip seeds are disjoint across groups; the same arguments write the same files.
+
+    Returns
+    -------
+    split : dict
+        ``{"name", "synthetic": True, "train": [path, ...], "test": [[path, label, mechanism], ...]}``
+        with absolute paths; normal test clips carry the mechanism ``"normal"``.
+    """
+    root = Path(root) / kind
+    base = seed * _SEED_STRIDE
+    jobs = [(root / "train" / f"normal_{i:03d}.wav", base + i, None) for i in range(n_train)]
+    jobs += [(root / "test" / f"normal_{i:03d}.wav", base + 2**18 + i, None) for i in range(n_test_normal)]
+    mechs = [m for k, m in mechanism_pairs() if k == kind]
+    for j, mech in enumerate(mechs):
+        jobs += [(root / "test" / f"anomaly_{mech}_{i:03d}.wav", base + 2**19 + j * 4096 + i, mech)
+                 for i in range(n_test_anomalous)]
+    for path, clip_seed, mech in jobs:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(path, mechanism_sound(seconds, kind=kind, mechanism=mech, seed=clip_seed), 16000, subtype="PCM_16")
+    return {"name": f"synthetic-{kind}", "synthetic": True,
+            "train": [str(p) for p, _, m in jobs if p.parent.name == "train"],
+            "test": [[str(p), int(m is not None), m or "normal"] for p, _, m in jobs if p.parent.name == "test"]}
+
+
+def _ring(impulses: np.ndarray, sr: int, centre_hz: float, decay_s: float) -> np.ndarray:
+    """Impulses ringing a damped resonance at ``centre_hz``; a unit impulse peaks at ~1."""
+    r = np.exp(-1.0 / (decay_s * sr))
+    w = 2 * np.pi * centre_hz / sr
+    b, a = [1.0 - r], [1.0, -2 * r * np.cos(w), r * r]
+    unit = np.zeros(int(4 * decay_s * sr) + 8)
+    unit[0] = 1.0
+    gain = np.abs(signal.lfilter(b, a, unit)).max()
+    return signal.lfilter(b, a, impulses) / gain
+
+
+def _clicks(rng, frng, n: int, sr: int, *, period: float, peak: float, bands, decay_s: float, weak: bool,
+            severity: float) -> np.ndarray:
+    """Periodic clicks (jittered period, varying strength) ringing ``bands``; ``weak``: the fault."""
+    count = int(n / sr / period) + 2
+    times = (rng.uniform(0.0, period) + period * np.arange(count)) * (1 + rng.normal(0, 0.03, count).cumsum() * 0.1)
+    amps = peak * rng.lognormal(0.0, 0.15, count)
+    if weak:
+        amps = amps * 10 ** (severity * _WEAK_CLICKS_DB / 20)
+        amps[frng.random(count) < min(1.0, severity * _MISSING_CLICKS)] = 0.0
+    idx = np.round(times * sr).astype(int)
+    keep = (idx >= 0) & (idx < n)
+    imp = np.zeros(n)
+    np.add.at(imp, idx[keep], amps[keep])
+    out = np.zeros(n)
+    for centre, q in bands:
+        out += _ring(imp, sr, centre * (1.0 + rng.normal(0.0, 0.01)), decay_s * 4.0 / q)
+    return out / len(bands)
+
+
 if __name__ == "__main__":
     raise SystemExit(main())
