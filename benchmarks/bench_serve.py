@@ -63,6 +63,35 @@ def split_files() -> tuple[list[Path], list[Path]]:
     return [base / p for p in s["train"]], [base / p for p, _, _ in s["test"]]
 
 
+def run_service(conf, env, work, port, log, args):
+    """Start ``serve``, measure its CPU time over ``args.seconds`` after the warm-up, scrape its metrics."""
+    proc = subprocess.Popen([sys.executable, "-m", "machine_monitor.cli", "serve", str(conf)], env=env, cwd=work,
+                            stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1).read()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    sys.exit(f"bench_serve: the service did not start: {(work / 'serve.log').read_text()[-2000:]}")
+                time.sleep(0.5)
+        time.sleep(args.warmup)
+        c0, t0 = proc_cpu_seconds(proc.pid), time.monotonic()
+        time.sleep(args.seconds)
+        c1, t1 = proc_cpu_seconds(proc.pid), time.monotonic()
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+    return c0, c1, t0, t1, metrics
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", type=Path, default=None, help="model directory (default: train the default detector "
@@ -89,7 +118,7 @@ def main(argv=None) -> int:
         if not (args.model / "model.json").exists():
             print("training the default detector on the valve split (as the README does) ...", file=sys.stderr)
             subprocess.run([sys.executable, "-m", "machine_monitor.cli", "train", *map(str, train), "--out",
-                            str(args.model)], check=True, env=env, stdout=subprocess.DEVNULL)
+                            str(args.model)], check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     clips = [load_audio(f) for f in test]
     need = args.warmup + args.seconds + 20
     rng = np.random.default_rng(0)
@@ -118,35 +147,15 @@ path = "alerts.jsonl"
 port = {port}
 
 """ + "\n".join(machines))
-    proc = subprocess.Popen([sys.executable, "-m", "machine_monitor.cli", "serve", str(conf)], env=env, cwd=work,
-                            stdout=subprocess.DEVNULL, stderr=open(work / "serve.log", "w"))
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1).read()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    sys.exit(f"bench_serve: the service did not start: {(work / 'serve.log').read_text()[-2000:]}")
-                time.sleep(0.5)
-        time.sleep(args.warmup)
-        c0, t0 = proc_cpu_seconds(proc.pid), time.monotonic()
-        time.sleep(args.seconds)
-        c1, t1 = proc_cpu_seconds(proc.pid), time.monotonic()
-        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    with open(work / "serve.log", "w") as log:
+        c0, c1, t0, t1, metrics = run_service(conf, env, work, port, log, args)
 
     def metric(name: str) -> dict[str, float]:
         return {m: float(v) for m, v in re.findall(rf'^{name}{{machine="([^"]+)"}} (\S+)$', metrics, re.M)}
 
     hop, windows, dropped = (metric("machine_monitor_hop_seconds"), metric("machine_monitor_windows_total"),
                              metric("machine_monitor_dropped_blocks_total"))
+    hop_cpu = metric("machine_monitor_hop_cpu_seconds")
     alerts = metric("machine_monitor_alerts_total")
     cpu = 100 * (c1 - c0) / (t1 - t0)
     print(f"model         {args.model}")
@@ -154,11 +163,12 @@ port = {port}
           "none")
     print(f"service       {args.machines} machines replaying at real time, measured {t1 - t0:.0f} s after "
           f"{args.warmup:.0f} s warm-up")
-    print(f"{'machine':<8} {'windows':>8} {'p99 ms':>8} {'dropped':>8} {'alerts':>7}")
+    print(f"{'machine':<8} {'windows':>8} {'p99 ms':>8} {'p99 CPU ms':>11} {'dropped':>8} {'alerts':>7}")
     for m in sorted(hop, key=lambda s: int(s[1:])):
-        print(f"{m:<8} {windows[m]:>8.0f} {1e3 * hop[m]:>8.2f} {dropped[m]:>8.0f} {alerts[m]:>7.0f}")
-    worst = max(hop.values()) * 1e3
-    print(f"per-hop p99   worst machine {worst:.2f} ms                     (goal <= 10 ms)")
+        print(f"{m:<8} {windows[m]:>8.0f} {1e3 * hop[m]:>8.2f} {1e3 * hop_cpu[m]:>11.2f} {dropped[m]:>8.0f} "
+              f"{alerts[m]:>7.0f}")
+    print(f"per-hop p99   worst machine {max(hop.values()) * 1e3:.2f} ms wall, {max(hop_cpu.values()) * 1e3:.2f} ms "
+          "CPU          (goal <= 10 ms)")
     print(f"CPU           {cpu:.1f} % of one core for all {args.machines}          (goal <= 25 %)")
     print(f"work folder   {work}", file=sys.stderr)
     return 0

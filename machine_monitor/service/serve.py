@@ -45,7 +45,6 @@ import os
 import re
 import signal
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -85,24 +84,12 @@ def make_source(m: MachineConfig):
 
 
 def write_evidence(directory: Path, machine: str, episode: int, epoch: float, audio: np.ndarray, sr: int) -> Path:
-    """The audio that opened an alert as a 16-bit WAV, written beside and renamed (never half a file)."""
-    import soundfile as sf
+    """The audio that opened an alert as a 16-bit WAV, written durably (never half a file)."""
+    from machine_monitor.audio.io import write_wav
 
-    directory.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(epoch))
     safe = re.sub(r"[^\w.-]+", "_", machine)
-    path = directory / f"{safe}_alert{episode:03d}_{stamp}.wav"
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".wav.part")
-    os.close(fd)
-    try:
-        sf.write(tmp, np.clip(audio, -1.0, 1.0), sr, subtype="PCM_16", format="WAV")
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_wav(directory / f"{safe}_alert{episode:03d}_{stamp}.wav", audio, sr=sr)
 
 
 class MachineRunner:
@@ -118,10 +105,15 @@ class MachineRunner:
         Overrides the configured input (tests).
     backoff : (float, float)
         First and longest wait between attempts to (re-)open the input.
+    phase : float
+        Where in the hop (0-1) this machine's windows end. The service spreads its
+        machines over the hop so that inputs delivering blocks in step (file replays,
+        channels of one interface) do not all score at the same instant and wait for
+        each other (one interpreter lock).
     """
 
     def __init__(self, cfg: MachineConfig, detector, service: Service, *, source=None,
-                 backoff: tuple[float, float] = (1.0, 30.0)):
+                 backoff: tuple[float, float] = (1.0, 30.0), phase: float = 0.0):
         from machine_monitor.live.monitor import default_window_seconds
         from machine_monitor.live.windows import SILENCE_CHUNK, RingBuffer
 
@@ -139,6 +131,7 @@ class MachineRunner:
             raise ConfigError(f"{service.config.path}: machines.{cfg.name}.window_seconds: must be at least one "
                               f"feature window ({fc.min_samples / self.sr:.3f} s), not {w} s")
         self.hop = max(1, round(cfg.hop_seconds * self.sr / fc.hop_length)) * fc.hop_length
+        self.phase = int(round(phase * self.hop / fc.hop_length)) * fc.hop_length
         self.scorer = detector.streaming()
         self.ring = RingBuffer(self.window + (cfg.policy.n + 2) * self.hop + fc.min_samples)
         self.silence_chunk = min(SILENCE_CHUNK, self.window)
@@ -146,7 +139,9 @@ class MachineRunner:
         self.lifecycle = MachineLifecycle(cfg.name, detector.threshold_value_, cfg.policy,
                                           episode=service.store.last_episode(cfg.name))
         self.lock = threading.Lock()  # guards the lifecycle (machine thread vs service thread)
+        #: Wall time (latency) and this thread's CPU time of each recent window, seconds.
         self.hop_times: collections.deque[float] = collections.deque(maxlen=1000)
+        self.hop_cpu: collections.deque[float] = collections.deque(maxlen=1000)
         self.windows = 0
         self.up = False
         self.error: str | None = None
@@ -177,10 +172,12 @@ class MachineRunner:
         with self.lock:
             s = self.lifecycle.snapshot(time.time(), history=history)
         st = self.source.stats
-        hop = np.percentile(np.asarray(self.hop_times), 99) if self.hop_times else None
+        hop = float(np.percentile(np.asarray(self.hop_times), 99)) if self.hop_times else None
+        cpu = float(np.percentile(np.asarray(self.hop_cpu), 99)) if self.hop_cpu else None
         s.update(model=str(self.cfg.model), input=self.source.describe(), window_seconds=self.window / self.sr,
                  hop_seconds=self.hop / self.sr, up=self.up, windows=self.windows, episodes=self.lifecycle.episode,
-                 dropped_blocks=st.dropped_blocks, overflows=st.overflows, hop_p99=hop, error=self.error)
+                 dropped_blocks=st.dropped_blocks, overflows=st.overflows, hop_p99=hop, hop_cpu_p99=cpu,
+                 error=self.error)
         return s
 
     # -- the loop ---------------------------------------------------------------------
@@ -214,7 +211,7 @@ class MachineRunner:
         return False
 
     def _restart_segment(self) -> None:
-        origin = self.ring.total
+        origin = self.ring.total + self.phase
         self._next_stop = origin + self.window
         self.scorer.reset(origin)
 
@@ -254,9 +251,10 @@ class MachineRunner:
         while self.ring.total >= self._next_stop:
             stop = self._next_stop
             self._next_stop += self.hop
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.thread_time()
             self._window(stop - self.window, stop)
             self.hop_times.append(time.perf_counter() - t)
+            self.hop_cpu.append(time.thread_time() - c)
 
     def _window(self, start: int, stop: int) -> None:
         from machine_monitor.live.windows import signal_problem
@@ -396,7 +394,9 @@ class Service:
         return self
 
     def _start_machine(self, m: MachineConfig) -> None:
-        r = MachineRunner(m, self.detectors[m.name], self, source=self._sources.get(m.name), backoff=self.backoff)
+        names = [x.name for x in self.config.machines]
+        r = MachineRunner(m, self.detectors[m.name], self, source=self._sources.get(m.name), backoff=self.backoff,
+                          phase=names.index(m.name) / len(names))
         self.runners[m.name] = r
         r.lifecycle.set_silences(self.store.active_silences())
         r.start()

@@ -10,7 +10,8 @@ Metrics, labelled by ``machine`` (``sink`` for the last one):
 ``machine_monitor_windows_total``                 counter  windows scored since the service started
 ``machine_monitor_dropped_blocks_total``          counter  audio blocks dropped (the loop fell behind)
 ``machine_monitor_input_overflows_total``         counter  overflows reported by the audio driver
-``machine_monitor_hop_seconds``                   gauge    p99 time to process one window (last 1000)
+``machine_monitor_hop_seconds``                   gauge    p99 wall time to process one window (last 1000)
+``machine_monitor_hop_cpu_seconds``               gauge    p99 CPU time of one window (last 1000)
 ``machine_monitor_up``                            gauge    1 while the machine's input delivers audio
 ``machine_monitor_sink_backlog``                  gauge    events stored but not yet delivered, per sink
 ================================================  =======  ===========================================
@@ -42,6 +43,8 @@ class ServiceCollector:
         dropped = CounterMetricFamily("machine_monitor_dropped_blocks", "Audio blocks dropped", labels=["machine"])
         over = CounterMetricFamily("machine_monitor_input_overflows", "Input overflows", labels=["machine"])
         hop = GaugeMetricFamily("machine_monitor_hop_seconds", "p99 seconds to process a window", labels=["machine"])
+        hop_cpu = GaugeMetricFamily("machine_monitor_hop_cpu_seconds", "p99 CPU seconds of a window",
+                                    labels=["machine"])
         up = GaugeMetricFamily("machine_monitor_up", "Input delivering audio", labels=["machine"])
         for name, s in m["machines"].items():
             score.add_metric([name], math.nan if s["score"] is None else float(s["score"]))
@@ -53,11 +56,12 @@ class ServiceCollector:
             dropped.add_metric([name], float(s["dropped_blocks"]))
             over.add_metric([name], float(s["overflows"]))
             hop.add_metric([name], float(s["hop_p99"]) if s["hop_p99"] is not None else math.nan)
+            hop_cpu.add_metric([name], float(s["hop_cpu_p99"]) if s.get("hop_cpu_p99") is not None else math.nan)
             up.add_metric([name], 1.0 if s["up"] else 0.0)
         backlog = GaugeMetricFamily("machine_monitor_sink_backlog", "Events not yet delivered", labels=["sink"])
         for name, n in m["sinks"].items():
             backlog.add_metric([name], float(n))
-        yield from (score, thr, state, alerts, windows, dropped, over, hop, up, backlog)
+        yield from (score, thr, state, alerts, windows, dropped, over, hop, hop_cpu, up, backlog)
 
 
 def start_metrics_server(service, bind: str, port: int):
