@@ -212,6 +212,48 @@ def _first(config) -> int:
     return config.hop_length if config.kind == "raw" else config.n_fft
 
 
+def clip_stats(clip, *, sr: int = SR, channel: int | None = None, name: str | None = None) -> ClipStats:
+    """:class:`ClipStats` of one clip (path, array or ``(array, sr)``), reading a file in blocks."""
+    import os
+
+    from machine_monitor.audio.io import audio_info, check_signal, clip_chain, load_clip, read_blocks
+
+    if isinstance(clip, (str, os.PathLike)):
+        stats = ClipStats(str(clip), chain=audio_info(clip).chain())
+        peak = 0.0
+        for b in read_blocks(clip, block_seconds=FEATURE_BLOCK_SECONDS, sr=sr, channel=channel):
+            if not np.isfinite(b).all():
+                check_signal(b, sr=sr, source=str(clip))  # raises, counting the non-finite samples
+            peak = max(peak, float(np.max(np.abs(b))) if b.size else 0.0)
+            stats.update(b)
+        # The same refusals as loading the clip whole: empty, silent, absurd values.
+        if stats.n == 0:
+            raise AudioReadError(f"{clip}: contains no audio samples")
+        check_signal(np.array([peak], dtype=np.float32), sr=sr, source=str(clip))
+        return stats
+    name = name or "array"
+    y = load_clip(clip, sr=sr, channel=channel, name=name)
+    try:
+        chain = clip_chain(clip, sr=sr)
+    except Exception:  # noqa: BLE001 - the chain is informative only
+        chain = None
+    return signal_stats(y, name, chain=chain)
+
+
+def screen_training_clips(clips: Sequence, *, sr: int = SR, channel: int | None = None,
+                          names: Sequence[str] | None = None, min_keep: int = 2) -> tuple[list[int], Screening]:
+    """Screen training clips: the indices of the clips to keep, and the :class:`Screening`.
+
+    Warns once per clip left out (naming it and why); raises :class:`ConfigError` when
+    too few remain. Unreadable clips raise their own ``AudioReadError``, as training would.
+    """
+    names = list(names) if names is not None else [str(c) if isinstance(c, (str, bytes)) or hasattr(c, "__fspath__")
+                                                    else f"array[{i}]" for i, c in enumerate(clips)]
+    stats = [clip_stats(c, sr=sr, channel=channel, name=names[i]) for i, c in enumerate(clips)]
+    result = screen_and_warn(stats, min_keep=min_keep)
+    return [i for i in range(len(clips)) if result.keep[i]], result
+
+
 def screen_and_warn(stats: Sequence[ClipStats], *, min_keep: int = 2) -> Screening:
     """:func:`screen_clips`, then one warning per clip left out."""
     result = screen_clips(stats, min_keep=min_keep)
@@ -318,6 +360,9 @@ def screen_clips(stats: Sequence[ClipStats], *, min_keep: int = 2, refuse: bool 
                 close[i] = False
                 if close.sum() >= group:
                     del reasons[i]
+    chains = [tuple(sorted((s.chain or {}).items())) for s in stats if s.chain]
+    if chains:
+        statistics["chain"] = dict(Counter(chains).most_common(1)[0][0])
     keep = np.ones(n, dtype=bool)
     left = []
     for i in sorted(reasons):

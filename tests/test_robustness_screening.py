@@ -141,3 +141,50 @@ def test_training_clip_validation_names_the_clip(tmp_path):
         read_training_clip(np.zeros(16_000, np.float32), cfg)
     with pytest.raises(AudioReadError, match="shorter than one feature window"):
         read_training_clip(hum(0.01), cfg)
+
+
+# -- in training ---------------------------------------------------------------------
+@pytest.mark.slow
+def test_one_bad_clip_no_longer_switches_the_detector_off(fitted_detector, normal_arrays):
+    # Issue 14: one DC clip raised the threshold 10,000-fold, one half-level clip hid every fault.
+    from machine_monitor import Detector
+    from tests.conftest import PEAK
+
+    dc = np.full(16_000, 0.3, np.float32)
+    det = Detector(**PEAK).fit(normal_arrays + [dc, normal_arrays[3] * 0.5])
+    assert [d["clip"] for d in det.screening_["left_out"]] == ["array[15]", "array[16]"]
+    assert det.threshold_value_ == pytest.approx(fitted_detector.threshold_value_)
+    assert det.n_clips_ == fitted_detector.n_clips_
+
+
+@pytest.mark.slow
+def test_files_from_another_chain_are_left_out_and_recorded_in_model_json(tmp_path, caplog):
+    import json
+
+    import soundfile as sf
+    import soxr
+
+    from machine_monitor import Detector
+
+    for s in range(10):
+        sf.write(tmp_path / f"n{s:02d}.wav", hum(1.0, seed=s), 16_000)
+    sf.write(tmp_path / "phone.wav", soxr.resample(hum(1.0, seed=20), 16_000, 44_100), 44_100)
+    sf.write(tmp_path / "dc.wav", np.full(16_000, 0.25, np.float32), 16_000)
+    files = sorted(tmp_path.glob("*.wav"))
+    with caplog.at_level(logging.WARNING):
+        det = Detector(features="logmel", epochs=2, patience=1, folds=1, seed=0).fit(files)
+    assert f"{tmp_path / 'phone.wav'}: left out of training: sample rate 44100 Hz" in caplog.text
+    assert f"{tmp_path / 'dc.wav'}: left out of training: constant signal" in caplog.text
+    m = json.loads((det.save(tmp_path / "model") / "model.json").read_text())
+    screening = m["training"]["screening"]
+    assert [d["clip"] for d in screening["left_out"]] == [str(tmp_path / "dc.wav"), str(tmp_path / "phone.wav")]
+    assert screening["n_kept"] == 10
+    assert screening["chain"] == {"channels": 1, "format": "WAV", "sample_rate": 16_000}
+
+
+def test_training_refuses_when_too_few_clips_remain(normal_arrays):
+    from machine_monitor import Detector
+
+    dc = [np.full(16_000, v, np.float32) for v in (0.1, 0.2)]
+    with pytest.raises(ConfigError, match=r"only 1 of 3 training clips .* left out array\[1\]: constant signal"):
+        Detector(features="logmel", epochs=1).fit([normal_arrays[0], *dc])

@@ -154,13 +154,16 @@ class BaseDetector:
         """
         from tqdm.auto import tqdm
 
+        from machine_monitor.screening import read_training_clip
+
         # Load with the shortest span a peak model can have; the span is fitted to the clips below.
         self.feature_config_ = cfg = config.fitted_to(1)
         per_clip, seconds = [], []
         for i, clip in enumerate(tqdm(clips, desc="features", unit="clip", disable=not self.progress, leave=False)):
-            y_ = self.load_signal(clip, i)
-            seconds.append(y_.size / cfg.sr)
-            per_clip.append(frames(y_, cfg))
+            # Frames block by block: a long file costs its frames, not its signal and STFT (issue 14).
+            f_, stats_ = read_training_clip(clip, cfg, channel=self.channel, name=clip_name(clip, i))
+            seconds.append(stats_.n / cfg.sr)
+            per_clip.append(f_)
         self.clip_seconds_ = float(np.median(seconds))
         # A peak span fits the typical clip: a stray short one (the partial last clip of a
         # recording) is left out rather than shrinking every window of the model.
@@ -278,7 +281,8 @@ class BaseDetector:
         """What ``fit`` recorded, for ``model.json``'s ``training`` entry."""
         return {"history": getattr(self, "history_", []), "fit_seconds": getattr(self, "fit_seconds_", None),
                 "n_clips": getattr(self, "n_clips_", None), "skipped_clips": getattr(self, "skipped_clips_", []),
-                "val_clips": getattr(self, "val_clips_", []), "clip_seconds": getattr(self, "clip_seconds_", None)}
+                "val_clips": getattr(self, "val_clips_", []), "clip_seconds": getattr(self, "clip_seconds_", None),
+                "screening": getattr(self, "screening_", None)}
 
     def _check_manifest(self, m: dict, root: Path) -> None:
         """Refuse a ``model.json`` whose kind-specific parts contradict its features (before reading files)."""
