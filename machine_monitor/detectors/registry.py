@@ -20,6 +20,7 @@ DETECTOR_KINDS = {
     "vaegmm": "machine_monitor.detectors.gmm:VAEGMMDetector",
     "ocsvm": "machine_monitor.detectors.baselines:OCSVMDetector",
     "iforest": "machine_monitor.detectors.baselines:IForestDetector",
+    "multiview": "machine_monitor.detectors.multiview:MultiViewDetector",
 }
 #: The kind ``train`` uses unless told otherwise.
 DEFAULT_KIND = "ae"

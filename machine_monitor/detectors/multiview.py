@@ -1,0 +1,664 @@
+"""The default detector: a small bank of complementary views of one log-mel, fused without labels.
+
+Which view of a spectrogram shows a fault depends on the machine and the fault (TWFR-GMM,
+DCASE 2022/2023): a weaker valve click lowers a band's *peak*, a clogged fan shifts a band's
+*mean* level, a loose part makes a band *fluctuate*, a rubbing part changes the short-time
+*frame* pattern. A user has no anomalies to pick the view with, so the detector carries
+several and combines them by a rule fixed in advance.
+
+Every member reads the same log-mel, computed once per signal, and is the same kind of
+model: a cross-fitted ensemble of dense autoencoders reconstructing its view, scored by the
+Mahalanobis distance of the residual from out-of-fold normal residuals (as the ``ae`` kind).
+
+===========  =================================================================  ==========
+member       view of the log-mel ``(n_frames, n_mels)``                          one row per
+===========  =================================================================  ==========
+``peak``     per-band maximum over a span (10 s, or the typical training clip)   span
+``mean``     per-band mean over the span (the steady spectrum)                   span
+``std``      per-band standard deviation over the span (temporal variability)    span
+``frame``    5 stacked frames of 64 bands (pairs of mels averaged): DCASE AE     8th frame
+===========  =================================================================  ==========
+
+Spans sit ``stride`` frames apart (0.5 s), as the ``peak`` features of the ``ae`` kind; a
+span's ``frame`` score is the mean of the frame windows inside it. A window of the detector
+is one span, so long files, ``scan`` and ``monitor`` see one fused score per span.
+
+**Out of fold.** Training recordings are split into ``folds`` groups (a recording and all its
+spans on one side; ``groups`` can join recordings of one session). Member network ``k`` and
+scorer ``k`` never saw fold ``k``. Every training span gets an out-of-fold score from the
+members blind to its fold, which is what the standardisation, the fused out-of-fold scores
+and the threshold rest on; :meth:`window_scores` with ``fold=k`` scores any signal with only
+the parts blind to fold ``k`` (for streaming training audio out of fold). New audio gets the
+mean of the ``folds`` networks' scores.
+
+**Standardisation and fusion.** A member's span score ``s`` becomes
+``z = (log s - median) / (IQR / 1.349)`` of its out-of-fold training span scores (log: the
+distances are skewed; median / IQR: robust to the few odd training spans). The fused score
+is the mean of the two largest ``z`` (``fusion="top2"``): a fault one view sees strongly
+still counts, while a single member's chance excursion on normal sound is halved. ``max``
+and ``mean`` are the alternatives (``benchmarks/bench_generalisation.py`` compares them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from machine_monitor.detectors.base import BaseDetector, as_clip_list, clip_name
+from machine_monitor.errors import ConfigError, ModelError
+from machine_monitor.features import (
+    FeatureConfig,
+    frames,
+    mean_windows,
+    peak_windows,
+    pool_bands,
+    span_starts,
+    stack_frames,
+    std_windows,
+)
+from machine_monitor.scorers.residual import aggregate
+from machine_monitor.threshold import DEFAULT_PERCENTILE, fit_threshold, group_folds, groups_from_paths
+
+log = logging.getLogger(__name__)
+
+#: Every view a member can take, in the default's order.
+VIEWS = ("peak", "mean", "std", "frame")
+FUSIONS = ("top2", "max", "mean")
+#: The frame view: mels averaged in pairs, 5 frames stacked; scored on a window every 8th
+#: frame (5 of every 8 frames seen: cheap, and span views see every frame), trained on every 4th.
+FRAME_BANDS = 2
+FRAME_CONTEXT = 5
+FRAME_STEP = 8
+FRAME_TRAIN_STEP = 4
+_LOG_FLOOR = 1e-9
+
+
+def fuse(z: np.ndarray, rule: str = "top2") -> np.ndarray:
+    """Fuse standardised member scores ``z`` of shape ``(n_members, n)`` into ``(n,)``.
+
+    ``top2``: mean of the two largest; ``max``; ``mean``. One member: its own score.
+    """
+    z = np.atleast_2d(np.asarray(z, dtype=np.float64))
+    if rule == "max" or z.shape[0] == 1:
+        return z.max(axis=0)
+    if rule == "mean":
+        return z.mean(axis=0)
+    if rule == "top2":
+        return np.sort(z, axis=0)[-2:].mean(axis=0)
+    raise ConfigError(f"fusion must be one of {', '.join(FUSIONS)}, not {rule!r}")
+
+
+def robust_location_scale(scores: np.ndarray) -> tuple[float, float]:
+    """``(median, IQR / 1.349)`` of ``log`` scores: the standardisation of a member's scores."""
+    s = np.log(np.maximum(np.asarray(scores, dtype=np.float64), _LOG_FLOOR))
+    q25, q50, q75 = np.percentile(s, [25, 50, 75])
+    # A floor: a member whose normal scores barely vary must not turn noise into huge z.
+    return float(q50), float(max((q75 - q25) / 1.349, 0.05, 0.02 * abs(q50)))
+
+
+def standardise(scores, loc: float, scale: float) -> np.ndarray:
+    """``(log s - loc) / scale``."""
+    return (np.log(np.maximum(np.asarray(scores, dtype=np.float64), _LOG_FLOOR)) - loc) / scale
+
+
+class MultiViewDetector(BaseDetector):
+    """Bank of autoencoder members on views of one log-mel, fused on standardised scores.
+
+    Parameters
+    ----------
+    members : sequence of {"peak", "mean", "std", "frame"}
+        The views, each one member. One member alone is that view's detector.
+    fusion : {"top2", "max", "mean"}
+        How standardised member scores combine (see the module docstring).
+    folds : int
+        Cross-fitted networks per member (fewer when there are fewer recordings).
+    aggregate : str
+        How span scores pool into a clip score (``mean``, ``max``, ``median``, ``pNN``).
+    percentile, threshold_method : threshold on the out-of-fold fused clip scores.
+    val_fraction : float
+        Share of each fold network's clips held out for early stopping.
+    hidden, bottleneck : span members' network (128-dim input).
+    frame_hidden : frame member's hidden layers (320-dim input; its bottleneck is ``bottleneck``).
+    epochs, patience : span members' training (one vector per span: an epoch is a step or two).
+    frame_epochs, frame_patience : the frame member's training.
+    batch_size, lr : Adam settings of every member.
+    seed, device, channel, progress : as every kind.
+    """
+
+    kind = "multiview"
+
+    def __init__(self, *, members: Sequence[str] = VIEWS, fusion: str = "top2", folds: int = 5,
+                 aggregate: str = "mean", percentile: float = DEFAULT_PERCENTILE, threshold_method: str = "gamma",
+                 val_fraction: float = 0.2, hidden: Sequence[int] = (128, 128, 128, 128), bottleneck: int = 8,
+                 frame_hidden: Sequence[int] = (64, 64), epochs: int = 1000, patience: int = 20,
+                 frame_epochs: int = 20, frame_patience: int = 3, batch_size: int = 256, lr: float = 1e-3,
+                 seed: int = 0, device: str | None = None, channel: int | None = None, progress: bool = False):
+        self.members = members
+        self.fusion = fusion
+        self.folds = folds
+        self.aggregate = aggregate
+        self.percentile = percentile
+        self.threshold_method = threshold_method
+        self.val_fraction = val_fraction
+        self.hidden = hidden
+        self.bottleneck = bottleneck
+        self.frame_hidden = frame_hidden
+        self.epochs = epochs
+        self.patience = patience
+        self.frame_epochs = frame_epochs
+        self.frame_patience = frame_patience
+        self.batch_size = batch_size
+        self.lr = lr
+        self.seed = seed
+        self.device = device
+        self.channel = channel
+        self.progress = progress
+
+    # -- features ------------------------------------------------------------------
+    features = "peak"  # the span front-end every view is placed on (read-only, not a parameter)
+
+    def _feature_kind_config(self) -> FeatureConfig:
+        return FeatureConfig.for_kind("peak")
+
+    def _check_members(self) -> list[str]:
+        members = [self.members] if isinstance(self.members, str) else list(self.members)
+        bad = [m for m in members if m not in VIEWS]
+        if not members or bad or len(set(members)) != len(members):
+            raise ConfigError(f"members must be distinct views among {', '.join(VIEWS)}, not {self.members!r}")
+        if self.fusion not in FUSIONS:
+            raise ConfigError(f"fusion must be one of {', '.join(FUSIONS)}, not {self.fusion!r}")
+        if int(self.folds) < 2:
+            raise ConfigError(f"folds must be >= 2 (members are cross-fitted), not {self.folds!r}")
+        return members
+
+    def logmel(self, y: np.ndarray) -> np.ndarray:
+        """The shared log-mel ``(n_frames, n_mels)`` in dB of a validated signal, computed once."""
+        return frames(y, self.feature_config)
+
+    def view_units(self, member: str, f: np.ndarray, *, step: int = FRAME_STEP) -> np.ndarray:
+        """Unstandardised rows of ``member``'s view of log-mel frames ``f``.
+
+        Span views: one row per span ``(n_spans, n_mels)``; ``frame``: one row per
+        ``step``-th frame window ``(n_windows, 5 * n_mels / 2)``.
+        """
+        cfg = self.feature_config
+        if member == "peak":
+            return peak_windows(f, context=cfg.context, stride=cfg.stride)
+        if member == "mean":
+            return mean_windows(f, context=cfg.context, stride=cfg.stride)
+        if member == "std":
+            return std_windows(f, context=cfg.context, stride=cfg.stride)
+        return stack_frames(pool_bands(f, factor=FRAME_BANDS), context=FRAME_CONTEXT)[::step]
+
+    def _span_of_frame_windows(self, n_frames: int) -> list[slice]:
+        """Which frame-view rows lie inside each span: a slice per span."""
+        cfg = self.feature_config
+        starts = span_starts(n_frames, context=cfg.context, stride=cfg.stride)
+        last = cfg.context - FRAME_CONTEXT  # last frame-window start inside a span, relative
+        return [slice(-(-int(s) // FRAME_STEP), (int(s) + last) // FRAME_STEP + 1) for s in starts]
+
+    # -- fitting -------------------------------------------------------------------
+    def fit(self, clips: Iterable, y=None, *, groups: Sequence | None = None) -> MultiViewDetector:
+        """Learn "normal" from clips of normal machine sound.
+
+        Parameters
+        ----------
+        clips : iterable of clips
+        y : ignored (scikit-learn convention)
+        groups : sequence or None
+            A label per clip: clips of one group (a recording cut into clips, a session)
+            are always in the same fold. Default: every clip its own group.
+        """
+        members = self._check_members()
+        clips = as_clip_list(clips)
+        self._check_params(len(clips))
+        if groups is not None and len(groups) != len(clips):
+            raise ConfigError(f"groups must give one label per clip: {len(groups)} labels for {len(clips)} clips")
+        t0 = time.perf_counter()
+        if groups is None:  # the calibration's default: every recording its own group
+            groups = groups_from_paths([str(c) if isinstance(c, (str, os.PathLike)) else None for c in clips])
+        groups = [str(g) for g in groups]
+        logmels, keep = self._load(clips)
+        groups = [g for g, k in zip(groups, keep) if k]
+        if len(set(groups)) < 2:
+            log.warning("all training recordings form one group: the members' folds split them clip by clip")
+            groups = [f"#{i}" for i in range(len(groups))]
+        self.groups_ = groups
+        # The folds the calibration makes from the same groups (threshold.group_folds): its
+        # out-of-fold scores then come from these members' parts blind to each fold.
+        self.member_folds_ = self.fold_of_ = fold_of = group_folds(groups, n_folds=int(self.folds))
+        self.n_folds_ = int(fold_of.max()) + 1
+        all_f = np.concatenate(logmels)
+        self.reference_logmel_ = all_f.mean(axis=0, dtype=np.float64).astype(np.float32)
+        self.feature_mean_ = self.reference_logmel_.copy()
+        self.feature_std_ = np.maximum(all_f.std(axis=0, dtype=np.float64), 1e-3).astype(np.float32)
+        del all_f
+        self.members_ = {}
+        for i, name in enumerate(members):
+            self.members_[name] = _Member(name, self).fit(logmels, fold_of, self.seed + 1000 * i)
+        # Out-of-fold span scores -> standardisation (all folds, and without each fold) -> fusion.
+        self.history_ = [{"member": n, **h} for n, m in self.members_.items() for h in m.history_]
+        oof_z = []
+        for m in self.members_.values():
+            m.set_standardisation(fold_of)
+            oof_z.append(m.oof_z())
+        per_span = fuse(np.concatenate(oof_z, axis=0).reshape(len(members), -1), self.fusion)
+        bounds = np.cumsum([0] + [len(s) for s in next(iter(self.members_.values())).oof_scores_])
+        self.oof_window_scores_ = [per_span[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        scores = np.array([aggregate(s, self.aggregate) for s in self.oof_window_scores_])
+        self.train_scores_ = self.val_scores_ = scores
+        self.val_clips_ = np.arange(len(scores))
+        self.threshold_ = fit_threshold(scores, method=self.threshold_method, percentile=self.percentile)
+        self.n_clips_ = len(logmels)
+        self.fit_seconds_ = time.perf_counter() - t0
+        return self
+
+    def _load(self, clips: list) -> tuple[list[np.ndarray], np.ndarray]:
+        """Every clip's log-mel (computed once); fits the span to the typical clip."""
+        from tqdm.auto import tqdm
+
+        base = self._feature_kind_config()
+        self.feature_config_ = base.fitted_to(1)
+        logmels, seconds = [], []
+        for i, clip in enumerate(tqdm(clips, desc="features", unit="clip", disable=not self.progress, leave=False)):
+            y_ = self.load_signal(clip, i)
+            seconds.append(y_.size / base.sr)
+            logmels.append(frames(y_, self.feature_config_))
+        self.clip_seconds_ = float(np.median(seconds))
+        lengths = np.array([len(f) for f in logmels])
+        self.feature_config_ = cfg = base.fitted_to(int(np.median(lengths)))
+        keep = lengths >= cfg.context
+        self.skipped_clips_ = [clip_name(c, i) for i, c in enumerate(clips) if not keep[i]]
+        for name in self.skipped_clips_:
+            log.warning("%s: shorter than the other clips' %.2f s span: not used for training",
+                        name, cfg.min_samples / cfg.sr)
+        logmels = [f for f, k in zip(logmels, keep) if k]
+        if len(logmels) < 2:
+            raise ConfigError(f"need at least 2 clips as long as the {cfg.min_samples / cfg.sr:.2f} s span, "
+                              f"got {len(logmels)}")
+        return logmels, keep
+
+    # -- scoring -------------------------------------------------------------------
+    def member_window_scores(self, f: np.ndarray, *, fold: int | None = None) -> dict[str, np.ndarray]:
+        """Each member's raw span scores ``(n_spans,)`` of log-mel frames ``f``."""
+        return {name: m.span_scores(f, fold=fold) for name, m in self.members_.items()}
+
+    def member_z(self, f: np.ndarray, *, fold: int | None = None) -> dict[str, np.ndarray]:
+        """Each member's standardised span scores ``(n_spans,)`` of log-mel frames ``f``."""
+        return {name: m.standardise(m.span_scores(f, fold=fold), fold=fold) for name, m in self.members_.items()}
+
+    def _check_fold(self, fold: int | None) -> None:
+        if fold is not None and not 0 <= int(fold) < self.n_folds_:
+            raise ConfigError(f"fold must be in [0, {self.n_folds_}), not {fold!r}")
+
+    def window_scores(self, y: np.ndarray, *, fold: int | None = None) -> np.ndarray:
+        """Fused score of each span ``(n_spans,)`` of a validated 16 kHz mono signal.
+
+        ``fold=k``: scored only by the members' parts blind to fold ``k`` (network ``k``,
+        scorer ``k``, standardisation without fold ``k``): an out-of-fold score for
+        training audio of fold ``k`` (see :attr:`member_folds_`).
+        """
+        self._check_fitted()
+        self._check_fold(fold)
+        z = self.member_z(self.logmel(y), fold=fold)
+        return fuse(np.stack(list(z.values())), self.fusion)
+
+    def score_signal(self, y: np.ndarray, *, fold: int | None = None) -> float:
+        """Clip score (``aggregate`` of the span scores); ``fold`` as :meth:`window_scores`."""
+        return aggregate(self.window_scores(y, fold=fold), self.aggregate)
+
+    def explain(self, y) -> dict:
+        """Which view found it: every member's standardised score for a clip, and where.
+
+        Parameters
+        ----------
+        y : a clip (path, 16 kHz array, or ``(array, sample_rate)``)
+
+        Returns
+        -------
+        dict
+            ``score`` (fused clip score), ``threshold``, ``fusion``, ``members``
+            (name -> ``{"z", "score"}``: clip-level standardised and raw scores, pooled over
+            spans like the clip score), ``top_member`` (largest ``z``), ``worst_span``
+            (``{"index", "start_s", "end_s"}``: the span with the highest fused score),
+            ``bands`` (``(n_mels,)``: the top member's per-band share of its Mahalanobis
+            distance in the worst span, summing to 1; positive = the band is off),
+            ``band_delta_db`` (``(n_mels,)``: that span's mean log-mel minus
+            :attr:`reference_logmel_`) and per member ``bands`` as well.
+        """
+        self._check_fitted()
+        sig = self.load_signal(y)
+        f = self.logmel(sig)
+        raw = self.member_window_scores(f)
+        z = {n: self.members_[n].standardise(s) for n, s in raw.items()}
+        fused = fuse(np.stack(list(z.values())), self.fusion)
+        worst = int(np.argmax(fused))
+        cfg = self.feature_config
+        start = int(span_starts(f.shape[0], context=cfg.context, stride=cfg.stride)[worst])
+        members = {}
+        for n, m in self.members_.items():
+            members[n] = {"z": aggregate(z[n], self.aggregate), "score": aggregate(raw[n], self.aggregate),
+                          "bands": m.band_contributions(f, worst).tolist()}
+        top = max(members, key=lambda n: members[n]["z"])
+        return {
+            "score": aggregate(fused, self.aggregate),
+            "threshold": self.threshold_value_,
+            "fusion": self.fusion,
+            "members": members,
+            "top_member": top,
+            "worst_span": {"index": worst, "start_s": start * cfg.hop_length / cfg.sr,
+                           "end_s": (start * cfg.hop_length + cfg.min_samples) / cfg.sr},
+            "bands": members[top]["bands"],
+            "band_delta_db": (f[start:start + cfg.context].mean(axis=0) - self.reference_logmel_).tolist(),
+        }
+
+    # -- the model directory ---------------------------------------------------------
+    def _manifest_parts(self) -> dict:
+        return {"multiview": {
+            "members": [m.describe() for m in self.members_.values()],
+            "fusion": self.fusion,
+            "standardisation": "z = (log(score) - median) / (IQR / 1.349) of out-of-fold training span scores",
+            "folds": self.n_folds_,
+            "fold_of": self.member_folds_.tolist(),
+            "groups": list(self.groups_),
+        }}
+
+    def _fit_record(self) -> dict:
+        return {**super()._fit_record(), "oof_window_scores": [s.tolist() for s in self.oof_window_scores_]}
+
+    def _model_arrays(self) -> dict[str, np.ndarray]:
+        out = {"reference_logmel": self.reference_logmel_}
+        for m in self.members_.values():
+            out.update(m.arrays())
+        return out
+
+    def _model_tensors(self) -> dict:
+        return {f"{name}.{k}.{p}": v for name, m in self.members_.items()
+                for k, net in enumerate(m.nets_) for p, v in net.state_dict().items()}
+
+    def _check_manifest(self, m: dict, root: Path) -> None:
+        mv = m["multiview"]
+        names = [d["name"] for d in mv["members"]]
+        if not names or any(n not in VIEWS for n in names) or mv["fusion"] not in FUSIONS:
+            raise ModelError(f"{root / 'model.json'}: unknown members {names} or fusion {mv['fusion']!r}")
+        if int(mv["folds"]) < 2 or int(mv["folds"]) > 64:
+            raise ModelError(f"{root / 'model.json'}: implausible folds {mv['folds']!r}")
+
+    def _restore(self, m: dict, arrays: dict, tensors: dict | None, estimators: dict | None, *,
+                 root: Path, device: str | None) -> None:
+        if tensors is None:
+            raise ModelError(f"{root / 'model.json'}: lists no network.safetensors")
+        mv = m["multiview"]
+        self.n_folds_ = int(mv["folds"])
+        self.member_folds_ = self.fold_of_ = np.asarray(mv["fold_of"], dtype=np.int64)
+        self.groups_ = list(mv["groups"])
+        self.reference_logmel_ = arrays["reference_logmel"]
+        if self.reference_logmel_.shape != (self.feature_config_.n_mels,):
+            raise ModelError(f"{root / 'arrays.safetensors'}: reference_logmel does not match the mel bands")
+        self.members_ = {}
+        for d in mv["members"]:
+            self.members_[d["name"]] = _Member.restore(d, self, arrays, tensors, self.n_folds_, root=root)
+        self.oof_window_scores_ = [np.asarray(s, dtype=np.float64)
+                                   for s in m.get("training", {}).get("oof_window_scores", [])]
+
+    def __repr__(self) -> str:
+        state = f", threshold={self.threshold_value_:.4g}" if hasattr(self, "threshold_") else ""
+        return f"MultiViewDetector(members={list(self._check_members())!r}, fusion={self.fusion!r}{state})"
+
+
+class _Stack:
+    """``K`` same-shape trained autoencoders run as one chain of batched matrix products.
+
+    Scoring feeds each network a few rows (one per span): there the per-call overhead of
+    ``K`` separate numpy copies (or of torch) is most of the cost.
+    """
+
+    def __init__(self, nets):
+        from machine_monitor.autoencoder import NumpyAutoencoder
+
+        copies = [NumpyAutoencoder(net) for net in nets]
+        self.layers = []
+        for part in ("encoder", "decoder"):
+            for i, (_, _, relu) in enumerate(getattr(copies[0], part)):
+                w = np.stack([getattr(c, part)[i][0] for c in copies]).astype(np.float32)
+                b = np.stack([getattr(c, part)[i][1] for c in copies])[:, None, :].astype(np.float32)
+                self.layers.append((w, b, relu))
+
+    def __call__(self, x: np.ndarray, which: int | None = None) -> np.ndarray:
+        """Reconstructions ``(K, n, d)`` of rows ``x`` ``(n, d)`` by every network (or ``(1, n, d)``: one)."""
+        h = np.asarray(x, dtype=np.float32)
+        for w, b, relu in self.layers:
+            if which is not None:
+                w, b = w[which : which + 1], b[which : which + 1]
+            h = h @ w
+            h += b
+            if relu:
+                np.maximum(h, 0, out=h)
+        return h
+
+
+def _mahalanobis(r: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    """Squared Mahalanobis distance of residual rows ``r`` ``(..., d)``: ``(...)``."""
+    d = r - mean
+    return np.einsum("...j,...j->...", d @ precision, d)
+
+
+class _Member:
+    """One view: standardisation, a cross-fitted autoencoder per fold, Mahalanobis scorers."""
+
+    def __init__(self, name: str, det: MultiViewDetector):
+        self.name, self.det = name, det
+
+    @property
+    def span(self) -> bool:
+        return self.name != "frame"
+
+    def _network_config(self, dims: int):
+        from machine_monitor.autoencoder import NetworkConfig
+
+        hidden = self.det.hidden if self.span else self.det.frame_hidden
+        return NetworkConfig(int(dims), tuple(int(h) for h in hidden), int(self.det.bottleneck))
+
+    def _train_config(self, seed: int):
+        from machine_monitor.training import TrainConfig
+
+        d = self.det
+        epochs, patience = (d.epochs, d.patience) if self.span else (d.frame_epochs, d.frame_patience)
+        return TrainConfig(epochs=int(epochs), batch_size=int(d.batch_size), lr=float(d.lr), patience=int(patience),
+                           seed=int(seed))
+
+    def units(self, f: np.ndarray) -> np.ndarray:
+        u = self.det.view_units(self.name, f)
+        u -= self.mean_
+        u /= self.std_
+        return u
+
+    def fit(self, logmels: list[np.ndarray], fold_of: np.ndarray, seed: int) -> _Member:
+        import torch
+
+        from machine_monitor.autoencoder import DenseAutoencoder
+        from machine_monitor.scorers.residual import MahalanobisScorer
+        from machine_monitor.training import default_device, train_network
+
+        det = self.det
+        raw = [det.view_units(self.name, f, step=FRAME_TRAIN_STEP) for f in logmels]
+        cat = np.concatenate(raw)
+        self.mean_ = cat.mean(axis=0, dtype=np.float64).astype(np.float32)
+        self.std_ = np.maximum(cat.std(axis=0, dtype=np.float64), 1e-3).astype(np.float32)
+        del cat
+        per_clip = [(u - self.mean_) / self.std_ for u in raw]
+        self.network_config_ = self._network_config(per_clip[0].shape[1])
+        device = torch.device(det.device) if det.device else default_device()
+        rng = np.random.default_rng(seed)
+        self.nets_, self.history_ = [], []
+        n_folds = int(fold_of.max()) + 1
+        for k in range(n_folds):
+            ids = rng.permutation(np.flatnonzero(fold_of != k))
+            n_val = min(len(ids) - 1, max(1, int(round(det.val_fraction * len(ids)))))
+            cfg = self._train_config(seed + k)
+            if sum(len(per_clip[i]) for i in ids[n_val:]) < 2:
+                # Too few rows to hold clips out for early stopping: train on them all, a fixed budget.
+                n_val, cfg = 0, dataclasses.replace(cfg, epochs=min(cfg.epochs, 200))
+            train = np.concatenate([per_clip[i] for i in ids[n_val:]])
+            if len(train) < 2:
+                raise ConfigError(f"the {self.name} member needs at least 2 training rows outside each fold, got "
+                                  f"{len(train)}: give more (or longer) clips")
+            val = np.concatenate([per_clip[i] for i in ids[:n_val]]) if n_val else None
+            torch.manual_seed(seed + k)
+            net = DenseAutoencoder(self.network_config_)
+            hist = train_network(net, lambda idx, a=train: a[idx], len(train),
+                                 None if val is None else (lambda idx, a=val: a[idx]), 0 if val is None else len(val),
+                                 cfg, device=device, progress=det.progress)
+            self.nets_.append(net.eval())
+            self.history_ += [{"fold": k, **h} for h in hist]
+        self.train_config_ = self._train_config(seed)
+        # Out-of-fold residuals (of the rows scoring uses) -> the deployed scorer (all of them)
+        # and one scorer per fold (without it).
+        if not self.span and FRAME_STEP != FRAME_TRAIN_STEP:
+            per_clip = [self.units(f) for f in logmels]
+        recons = [self._reconstruct(u, self.nets_[fold_of[i]]) for i, u in enumerate(per_clip)]
+        self.scorer_ = MahalanobisScorer(seed=seed).fit(recons)
+        self.fold_scorers_ = []
+        oof = [None] * len(per_clip)
+        for k in range(n_folds):
+            inside, outside = np.flatnonzero(fold_of == k), np.flatnonzero(fold_of != k)
+            scorer = MahalanobisScorer(seed=seed).fit([recons[i] for i in outside])
+            self.fold_scorers_.append(scorer)
+            for i in inside:
+                oof[i] = self._pool_to_spans(scorer.window_scores(recons[i]), logmels[i].shape[0])
+        self.oof_scores_ = oof  # per clip: out-of-fold raw span scores
+        return self
+
+    def _reconstruct(self, x: np.ndarray, net):
+        from machine_monitor.autoencoder import numpy_inference
+        from machine_monitor.scorers.residual import Reconstruction
+
+        fast = numpy_inference(net)
+        if fast is None:
+            import torch
+
+            with torch.no_grad():
+                xt = torch.from_numpy(x).to(next(net.parameters()).device)
+                return Reconstruction(x=x, x_hat=net(xt).cpu().numpy())
+        x_hat, z = fast(x)
+        return Reconstruction(x=x, x_hat=x_hat, z=z)
+
+    def _pool_to_spans(self, window_scores: np.ndarray, n_frames: int) -> np.ndarray:
+        if self.span:
+            return window_scores
+        return np.array([window_scores[s].mean() for s in self.det._span_of_frame_windows(n_frames)])
+
+    def span_scores(self, f: np.ndarray, *, fold: int | None = None) -> np.ndarray:
+        """Raw span scores ``(n_spans,)``: mean over the fold networks, or fold ``fold``'s parts only."""
+        x = self.units(f)
+        stack = self.stack()
+        if fold is not None:
+            sc = self.fold_scorers_[fold]
+            w = _mahalanobis(x - stack(x, which=fold)[0], sc.mean_, sc.precision_)
+        else:
+            w = _mahalanobis(x[None] - stack(x), self.scorer_.mean_, self.scorer_.precision_).mean(axis=0)
+        return self._pool_to_spans(w, f.shape[0])
+
+    def stack(self) -> _Stack:
+        """The fold networks as one batched numpy chain (built once)."""
+        if getattr(self, "_stack", None) is None:
+            self._stack = _Stack(self.nets_)
+        return self._stack
+
+    def band_contributions(self, f: np.ndarray, span: int) -> np.ndarray:
+        """Per-mel share ``(n_mels,)`` of the Mahalanobis distance of span ``span`` (mean over networks)."""
+        x = self.units(f)
+        rows = self.det._span_of_frame_windows(f.shape[0])[span] if not self.span else slice(span, span + 1)
+        d = x[rows][None] - self.stack()(x[rows]) - self.scorer_.mean_
+        total = (d * (d @ self.scorer_.precision_)).sum(axis=(0, 1))
+        if not self.span:  # (context x pooled bands) -> mels
+            total = np.repeat(total.reshape(FRAME_CONTEXT, -1).sum(axis=0), FRAME_BANDS)[: f.shape[1]] / FRAME_BANDS
+        s = np.abs(total).sum()
+        return total / s if s > 0 else total
+
+    def set_standardisation(self, fold_of: np.ndarray) -> None:
+        """Location and scale of log scores: from every clip's out-of-fold spans, and without each fold."""
+        oof = self.oof_scores_
+        self.loc_, self.scale_ = robust_location_scale(np.concatenate(oof))
+        self.fold_loc_, self.fold_scale_ = [], []
+        for k in range(int(fold_of.max()) + 1):
+            rest = [oof[i] for i in np.flatnonzero(fold_of != k)]
+            loc, scale = robust_location_scale(np.concatenate(rest))
+            self.fold_loc_.append(loc)
+            self.fold_scale_.append(scale)
+        self._fold_of = fold_of
+
+    def standardise(self, scores: np.ndarray, *, fold: int | None = None) -> np.ndarray:
+        if fold is None:
+            return standardise(scores, self.loc_, self.scale_)
+        return standardise(scores, self.fold_loc_[fold], self.fold_scale_[fold])
+
+    def oof_z(self) -> np.ndarray:
+        """Every training span's out-of-fold standardised score, clip after clip."""
+        return np.concatenate([self.standardise(s, fold=int(self._fold_of[i])) for i, s in enumerate(self.oof_scores_)])
+
+    # -- persistence ---------------------------------------------------------------
+    def describe(self) -> dict:
+        oof = np.concatenate(self.oof_scores_) if getattr(self, "oof_scores_", None) else np.zeros(0)
+        return {"name": self.name, "network": self.network_config_.to_dict(),
+                "train": {k: v for k, v in vars(self.train_config_).items() if k != "seed"},
+                "standardise": {"loc": self.loc_, "scale": self.scale_, "fold_loc": self.fold_loc_,
+                                "fold_scale": self.fold_scale_, "n_oof_spans": int(oof.size)},
+                "epochs_run": [sum(1 for h in self.history_ if h["fold"] == k) for k in range(len(self.nets_))]}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        out = {f"{self.name}.mean": self.mean_, f"{self.name}.std": self.std_,
+               f"{self.name}.scorer.mean": self.scorer_.mean_, f"{self.name}.scorer.precision": self.scorer_.precision_}
+        for k, s in enumerate(self.fold_scorers_):
+            out[f"{self.name}.fold{k}.mean"] = s.mean_
+            out[f"{self.name}.fold{k}.precision"] = s.precision_
+        return out
+
+    @classmethod
+    def restore(cls, d: dict, det: MultiViewDetector, arrays: dict, tensors: dict, n_folds: int, *,
+                root: Path) -> _Member:
+        import torch
+
+        from machine_monitor.autoencoder import DenseAutoencoder, NetworkConfig
+        from machine_monitor.scorers.residual import MahalanobisScorer
+        from machine_monitor.training import TrainConfig, default_device
+
+        m = cls(d["name"], det)
+        m.network_config_ = NetworkConfig.from_dict(d["network"])
+        m.train_config_ = TrainConfig(**d["train"])
+        m.history_ = []
+        name = m.name
+        m.mean_, m.std_ = arrays[f"{name}.mean"], arrays[f"{name}.std"]
+        if m.mean_.shape != (m.network_config_.input_dim,) or m.std_.shape != m.mean_.shape:
+            raise ModelError(f"{root / 'arrays.safetensors'}: {name} standardisation does not match its network")
+        m.scorer_ = MahalanobisScorer()
+        m.scorer_.set_arrays({"mean": arrays[f"{name}.scorer.mean"], "precision": arrays[f"{name}.scorer.precision"]})
+        m.fold_scorers_ = []
+        for k in range(n_folds):
+            s = MahalanobisScorer()
+            s.set_arrays({"mean": arrays[f"{name}.fold{k}.mean"], "precision": arrays[f"{name}.fold{k}.precision"]})
+            m.fold_scorers_.append(s)
+        st = d["standardise"]
+        m.loc_, m.scale_ = float(st["loc"]), float(st["scale"])
+        m.fold_loc_, m.fold_scale_ = [float(v) for v in st["fold_loc"]], [float(v) for v in st["fold_scale"]]
+        if len(m.fold_loc_) != n_folds or len(m.fold_scale_) != n_folds or not np.all(
+                np.isfinite([m.loc_, m.scale_, *m.fold_loc_, *m.fold_scale_])) or min(m.scale_, *m.fold_scale_) <= 0:
+            raise ModelError(f"{root / 'model.json'}: {name} standardisation is invalid")
+        dev = torch.device(det.device) if det.device else default_device()
+        m.nets_ = []
+        for k in range(n_folds):
+            prefix = f"{name}.{k}."
+            net = DenseAutoencoder(m.network_config_)
+            try:
+                net.load_state_dict({p[len(prefix):]: v for p, v in tensors.items() if p.startswith(prefix)})
+            except RuntimeError as exc:
+                raise ModelError(f"{root / 'network.safetensors'}: {name} network {k} does not fit model.json "
+                                 f"({exc})") from None
+            m.nets_.append(net.to(dev).eval())
+        return m

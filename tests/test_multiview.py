@@ -1,0 +1,205 @@
+"""The multi-view detector (``detectors/multiview.py``): members, standardisation, fusion,
+out-of-fold parts, the model directory and ``explain``.
+
+Small SYNTHETIC machines (``synth.mechanism_sound``, 3 s clips) and few epochs: these tests
+check behaviour; ``benchmarks/bench_generalisation.py`` measures accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from machine_monitor.detectors.base import BaseDetector
+from machine_monitor.detectors.multiview import (
+    VIEWS,
+    MultiViewDetector,
+    fuse,
+    robust_location_scale,
+    standardise,
+)
+from machine_monitor.detectors.registry import make_detector
+from machine_monitor.errors import ConfigError, ModelError
+from machine_monitor.features import logmel_frames
+from machine_monitor.synth import _KINDS, mechanism_sound
+
+SECONDS = 3.0
+FAST = {"folds": 3, "epochs": 60, "patience": 10, "frame_epochs": 3, "frame_patience": 2, "seed": 0}
+
+
+def clip(seed: int, mechanism: str | None = None, severity: float = 1.0) -> np.ndarray:
+    return mechanism_sound(SECONDS, kind="hum", mechanism=mechanism, seed=seed, severity=severity)
+
+
+@pytest.fixture(scope="module")
+def train_clips() -> list[np.ndarray]:
+    return [clip(100 + i) for i in range(9)]
+
+
+@pytest.fixture(scope="module")
+def groups() -> list[str]:
+    return [f"rec{i // 3}" for i in range(9)]  # three recordings of three clips each
+
+
+@pytest.fixture(scope="module")
+def det(train_clips, groups) -> MultiViewDetector:
+    return MultiViewDetector(**FAST).fit(train_clips, groups=groups)
+
+
+# ------------------------------------------------------------ pure parts
+
+
+def test_standardisation_is_robust_z_of_log_scores():
+    ref = np.exp(np.r_[np.linspace(-1.0, 1.0, 99), 50.0])  # one wild training score
+    loc, scale = robust_location_scale(ref)
+    assert loc == pytest.approx(0.0, abs=0.02)  # the median, hardly moved by the outlier
+    assert scale == pytest.approx(1.0 / 1.349, rel=0.03)  # the IQR of the rest, not the outlier's pull
+    assert standardise([np.exp(loc + 2 * scale)], loc, scale)[0] == pytest.approx(2.0)
+    # A member whose normal scores do not vary gets a floor on its scale, not z = inf.
+    assert robust_location_scale(np.full(10, 3.0))[1] > 0
+
+
+def test_fusion_rules():
+    z = np.array([[0.0, 5.0, -1.0], [1.0, 0.0, -2.0], [3.0, 1.0, -3.0]])  # (members, clips)
+    np.testing.assert_allclose(fuse(z, "max"), [3.0, 5.0, -1.0])
+    np.testing.assert_allclose(fuse(z, "mean"), [4 / 3, 2.0, -2.0])
+    np.testing.assert_allclose(fuse(z, "top2"), [2.0, 3.0, -1.5])
+    np.testing.assert_allclose(fuse(z[:1], "top2"), z[0])  # one member: its own score
+    with pytest.raises(ConfigError):
+        fuse(z, "median")
+
+
+@pytest.mark.parametrize("kwargs", [{"members": ("peak", "loud")}, {"members": ()}, {"members": ("std", "std")},
+                                    {"fusion": "vote"}, {"folds": 1}])
+def test_bad_parameters_are_refused_before_any_work(kwargs, train_clips):
+    with pytest.raises(ConfigError):
+        MultiViewDetector(**{**FAST, **kwargs}).fit(train_clips)
+
+
+def test_one_recording_is_split_clip_by_clip_with_a_warning(train_clips, caplog):
+    det = MultiViewDetector(**{**FAST, "members": ("mean",)}).fit(train_clips[:4], groups=["same"] * 4)
+    assert "one group" in caplog.text
+    assert sorted(det.member_folds_.tolist()) == [0, 0, 1, 2]
+
+
+# ------------------------------------------------------------ fitting and scoring
+
+
+def test_every_view_is_a_member_reading_one_log_mel(det):
+    assert list(det.members_) == list(VIEWS)
+    f = det.logmel(clip(7))
+    assert f.shape[1] == det.feature_config.n_mels == det.reference_logmel_.shape[0]
+    # Span views: one row per span (a 3 s clip is one span); the frame view: a window every 8th frame.
+    for name in ("peak", "mean", "std"):
+        assert det.view_units(name, f).shape == (1, f.shape[1])
+    assert det.view_units("frame", f).shape == (len(range(0, f.shape[0] - 4, 8)), 5 * f.shape[1] // 2)
+    assert det.reference_logmel_ == pytest.approx(np.mean([logmel_frames(c).mean(axis=0) for c in
+                                                           [clip(100 + i) for i in range(9)]], axis=0), abs=0.05)
+
+
+def test_folds_keep_a_recording_on_one_side(det, groups):
+    folds = det.member_folds_
+    assert det.n_folds_ == 3
+    for g in set(groups):
+        assert len({folds[i] for i, h in enumerate(groups) if h == g}) == 1
+
+
+def test_out_of_fold_scores_are_what_the_fold_parts_give(det, train_clips):
+    """A training clip scored with only the parts blind to its fold reproduces its out-of-fold
+    score: the calibration streams training audio through exactly these parts."""
+    for i in (0, 4, 8):
+        k = int(det.member_folds_[i])
+        assert det.score_signal(train_clips[i], fold=k) == pytest.approx(det.train_scores_[i], rel=1e-4, abs=1e-4)
+        assert det.window_scores(train_clips[i], fold=k) == pytest.approx(det.oof_window_scores_[i], rel=1e-4,
+                                                                          abs=1e-4)
+    # The deployed model (every fold's parts) has heard the clips: it finds them more ordinary.
+    heard = np.mean([det.score_signal(c) for c in train_clips])
+    assert heard < np.mean([np.mean(s) for s in det.oof_window_scores_])
+    with pytest.raises(ConfigError):
+        det.window_scores(train_clips[0], fold=3)
+
+
+def test_calibration_uses_the_members_fold_parts(det):
+    # No clones refitted: the calibration's out-of-fold scores come from the parts blind to each fold.
+    assert "cross-fitted parts" in det.calibration_["how"]
+    np.testing.assert_array_equal(det.fold_of_, det.member_folds_)
+
+
+def test_faults_score_higher_than_new_normal_clips(det):
+    normal = det.score([clip(200 + i) for i in range(4)])
+    faulty = det.score([clip(300 + i, "squeal", 3.0) for i in range(2)] + [clip(310, "level", 3.0)])
+    assert roc_auc_score(np.r_[np.zeros(4), np.ones(3)], np.r_[normal, faulty]) == 1.0
+
+
+def test_each_member_alone_is_that_views_detector(train_clips, groups):
+    alone = MultiViewDetector(**{**FAST, "members": ("std",)}).fit(train_clips, groups=groups)
+    y = clip(205, "modulation", 2.0)
+    z = alone.member_z(alone.logmel(y))["std"]
+    np.testing.assert_allclose(alone.window_scores(y), z)
+    assert list(alone.members_) == ["std"]
+
+
+# ------------------------------------------------------------ model directory and explain
+
+
+def test_save_load_round_trip_records_members_and_fusion(det, tmp_path):
+    path = det.save(tmp_path / "mv")
+    m = json.loads((path / "model.json").read_text())
+    assert m["detector"] == "multiview" and m["params"]["fusion"] == "top2"
+    assert [d["name"] for d in m["multiview"]["members"]] == list(VIEWS)
+    assert m["multiview"]["fusion"] == "top2" and m["multiview"]["folds"] == 3
+    back = BaseDetector.load(path)
+    assert isinstance(back, MultiViewDetector)
+    ys = [clip(400), clip(401, "knocks", 2.0)]
+    np.testing.assert_allclose(back.score(ys), det.score(ys), rtol=1e-5)
+    np.testing.assert_allclose(back.window_scores(ys[1], fold=2), det.window_scores(ys[1], fold=2), rtol=1e-5)
+    np.testing.assert_array_equal(back.reference_logmel_, det.reference_logmel_)
+    assert back.threshold_value_ == det.threshold_value_
+
+
+def test_a_model_json_with_an_unknown_member_is_refused(det, tmp_path):
+    path = det.save(tmp_path / "mv")
+    m = json.loads((path / "model.json").read_text())
+    m["multiview"]["members"][0]["name"] = "loudness"
+    (path / "model.json").write_text(json.dumps(m))
+    with pytest.raises(ModelError):
+        BaseDetector.load(path)
+
+
+def test_explain_says_which_view_and_which_bands(det):
+    y = clip(500, "squeal", 4.0)
+    ex = det.explain(y)
+    assert ex["score"] == pytest.approx(det.score_signal(y))
+    assert set(ex["members"]) == set(VIEWS)
+    assert ex["top_member"] == max(ex["members"], key=lambda n: ex["members"][n]["z"])
+    bands = np.asarray(ex["bands"])
+    assert bands.shape == (det.feature_config.n_mels,) and np.abs(bands).sum() == pytest.approx(1.0)
+    # The squeal (3.3 kHz) is where the explanation points.
+    import librosa
+
+    centres = librosa.mel_frequencies(n_mels=det.feature_config.n_mels + 2, fmax=det.feature_config.fmax or 8000)[1:-1]
+    assert abs(centres[int(np.argmax(bands))] - _KINDS["hum"].squeal_hz) < 300
+    assert np.asarray(ex["band_delta_db"]).shape == (det.feature_config.n_mels,)
+    assert ex["worst_span"]["start_s"] == 0.0
+
+
+def test_registry_makes_the_kind():
+    assert isinstance(make_detector("multiview", fusion="max"), MultiViewDetector)
+
+
+# ------------------------------------------------------------ real audio
+
+
+@pytest.mark.realaudio
+@pytest.mark.slow
+def test_default_ranks_the_valve_split(valve_split):
+    """Valve split: 25 training clips, 20 normal and 20 anomalous test clips (a fixed subset)."""
+    labels = valve_split["labels"]
+    normal = [p for p, lab in zip(valve_split["test"], labels) if lab == 0][::2][:20]
+    faulty = [p for p, lab in zip(valve_split["test"], labels) if lab == 1][::5][:20]
+    det = MultiViewDetector(seed=0).fit(valve_split["train"][::2])
+    auc = roc_auc_score(np.r_[np.zeros(len(normal)), np.ones(len(faulty))], det.score(normal + faulty))
+    assert auc > 0.85
