@@ -119,6 +119,14 @@ def test_health_states_are_raised_and_cleared_once_each():
         lc.observe_health(25.0, "on_fire", True)
 
 
+def test_a_machine_that_stops_ends_its_alert():
+    c = Clock(lifecycle(k=1, n=1))
+    c.feed(5.0)
+    evs = c.lc.observe_health(c.t, "machine_stopped", True, "level -80 dBFS")
+    assert [e["event"] for e in evs] == ["alert_end", "machine_stopped"] and evs[0]["reason"] == "machine stopped"
+    assert c.lc.state == "machine_stopped" and c.lc.alert_state == "normal"
+
+
 def test_episode_numbers_go_on_after_a_restart_and_stop_closes_the_episode():
     c = Clock(MachineLifecycle("pump", 1.0, LifecyclePolicy(k=1, n=1), episode=7))
     c.feed(5.0)

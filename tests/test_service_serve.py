@@ -50,6 +50,7 @@ store = "events.db"
 heartbeat_seconds = 2
 
 [defaults]
+margin = 0.1  # the tiny model's live calibration rests on 12 s of audio: use its clip threshold
 quiet_seconds = 1.5
 repeat_seconds = 0.6
 

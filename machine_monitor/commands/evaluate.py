@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from machine_monitor.commands.common import add_model_arg, resolve_model
+from machine_monitor.commands.common import add_model_arg, check_output_dir, resolve_model
 
 HELP = "measure a detector on labelled test clips (AUC, pAUC, precision, recall, F1, confusion matrix)"
 DESCRIPTION = HELP + """.
@@ -109,6 +109,9 @@ def run(args) -> int:
     from machine_monitor.errors import ConfigError
     from machine_monitor.reports.evaluate import evaluate_scores
 
+    if args.json is not None and args.json.is_dir():
+        raise ConfigError(f"--json {args.json}: is a directory; give a file name (e.g. {args.json / 'metrics.json'})")
+    check_output_dir(args.plots, "--plots")
     model = resolve_model(args.model)
     det = load_detector(model)
     clips = _collect(args.inputs)

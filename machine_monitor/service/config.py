@@ -85,7 +85,8 @@ _POLICY_KEYS = {
     "k": (int, 3),
     "n": (int, 5),
     "quiet_seconds": (_NUM, 30.0),
-    "margin": (_NUM, 0.1),
+    "margin": (_NUM, None),
+    "false_alarms_per_day": (_NUM, None),
     "hysteresis": (_NUM, 0.1),
     "repeat_seconds": (_NUM, 3600.0),
     "window_seconds": (_NUM, None),
@@ -146,6 +147,8 @@ class MachineConfig:
     speed: float
     sinks: tuple[str, ...]
     policy: LifecyclePolicy
+    margin: float | None  # None: the model's calibrated live level (threshold + 10 % without one)
+    false_alarms_per_day: float | None
     window_seconds: float | None
     hop_seconds: float
     clip_level: float
@@ -307,11 +310,11 @@ def _machine(path: Path, name: str, table, defaults: dict, sinks: dict) -> Machi
             raise ConfigError(f"{path}: {where}.sinks: no sink named {s!r} (defined: {', '.join(sinks) or 'none'})")
     try:
         policy = LifecyclePolicy(k=v["k"], n=v["n"], quiet_seconds=float(v["quiet_seconds"]),
-                                 margin=float(v["margin"]), hysteresis=float(v["hysteresis"]),
-                                 repeat_seconds=float(v["repeat_seconds"]))
+                                 margin=0.1 if v["margin"] is None else float(v["margin"]),
+                                 hysteresis=float(v["hysteresis"]), repeat_seconds=float(v["repeat_seconds"]))
     except ConfigError as exc:
         raise ConfigError(f"{path}: {where}: {exc}") from None
-    for key in ("window_seconds", "hop_seconds", "samplerate"):
+    for key in ("window_seconds", "hop_seconds", "samplerate", "false_alarms_per_day"):
         if v[key] is not None and v[key] <= 0:
             raise ConfigError(f"{path}: {where}.{key}: must be > 0, got {v[key]!r}")
     if not 0 < v["clip_level"] <= 1:
@@ -321,7 +324,8 @@ def _machine(path: Path, name: str, table, defaults: dict, sinks: dict) -> Machi
         device = None
     return MachineConfig(name=name, model=model, device=device if inp is None else None, channel=v["channel"],
                          samplerate=v["samplerate"], input=inp, speed=float(v["speed"]), sinks=tuple(names),
-                         policy=policy, window_seconds=v["window_seconds"], hop_seconds=float(v["hop_seconds"]),
+                         policy=policy, margin=v["margin"], false_alarms_per_day=v["false_alarms_per_day"],
+                         window_seconds=v["window_seconds"], hop_seconds=float(v["hop_seconds"]),
                          clip_level=float(v["clip_level"]), clip_fraction=float(v["clip_fraction"]),
                          stopped_below_dbfs=v["stopped_below_dbfs"])
 

@@ -27,7 +27,8 @@ Health (each raised and cleared as a pair of events, independent of alerts)
 ``signal_lost`` / ``signal_restored``    digitally silent or non-finite input
 ``device_lost`` / ``device_restored``    the input device failed or vanished
 ``clipping`` / ``clipping_cleared``      the input hits full scale
-``machine_stopped`` / ``machine_running``  far quieter than anything in training
+``machine_stopped`` / ``machine_running``  far quieter than anything in training (an open alert
+                                         ends: a machine switched off is not a fault)
 
 Event fields: ``event``, ``machine``, ``epoch``, and as they apply
 ``stream_seconds`` (audio position), ``threshold`` (the raise level),
@@ -123,15 +124,18 @@ class MachineLifecycle:
     policy : LifecyclePolicy
     episode : int
         Last episode number used (the store's, so numbers go on after a restart).
+    level : float or None
+        The raise level itself (e.g. the model's calibrated live level); ``None``:
+        ``threshold`` plus the policy's margin.
     """
 
     def __init__(self, machine: str, threshold: float, policy: LifecyclePolicy = LifecyclePolicy(), *,
-                 episode: int = 0):
+                 episode: int = 0, level: float | None = None):
         self.machine = machine
         self.policy = policy
         self.threshold = float(threshold)
-        self.level = policy.raise_level(self.threshold)
-        self.clear = policy.clear_level(self.threshold)
+        self.level = policy.raise_level(self.threshold) if level is None else float(level)
+        self.clear = self.level - policy.hysteresis * abs(self.level)
         self.episode = int(episode)
         self.alert_state = "normal"
         self.health: dict[str, dict] = {}  # active health state -> its event
@@ -193,9 +197,12 @@ class MachineLifecycle:
         if kind not in HEALTH:
             raise ValueError(f"unknown health state {kind!r}")
         if active and kind not in self.health:
+            out = []
+            if kind == "machine_stopped" and self._alert is not None:  # a machine switched off is not a fault
+                out.append(self._end(now, self._alert["last_bad"], "machine stopped"))
             ev = self._event(kind, now, reason=reason, stream_seconds=stream_seconds)
             self.health[kind] = ev
-            return [ev]
+            return [*out, ev]
         if not active and kind in self.health:
             since = self.health.pop(kind)
             return [self._event(HEALTH[kind], now, reason=reason, stream_seconds=stream_seconds,

@@ -135,8 +135,20 @@ class MachineRunner:
         self.scorer = detector.streaming()
         self.ring = RingBuffer(self.window + (cfg.policy.n + 2) * self.hop + fc.min_samples)
         self.silence_chunk = min(SILENCE_CHUNK, self.window)
-        self.stopped_below = (None if cfg.stopped_below_dbfs is None else 10 ** (cfg.stopped_below_dbfs / 20))
-        self.lifecycle = MachineLifecycle(cfg.name, detector.threshold_value_, cfg.policy,
+        # The raise level as `monitor` sets it: the model's calibrated live level for this rule, or the
+        # clip threshold plus the margin.
+        from machine_monitor.live.policy import AlertPolicy
+
+        rule = AlertPolicy(k=cfg.policy.k, n=cfg.policy.n, quiet_seconds=cfg.policy.quiet_seconds, margin=cfg.margin,
+                           false_alarms_per_day=cfg.false_alarms_per_day)
+        level, self.level_source = rule.window_level(detector, window=self.window, hop=self.hop)
+        # Operating state: the configured level, else the training audio's level profile (if the model has one).
+        self.levels = None
+        if cfg.stopped_below_dbfs is not None:
+            self.levels = {"stopped_below_db": float(cfg.stopped_below_dbfs)}
+        else:
+            self.levels = (getattr(detector, "calibration_", None) or {}).get("levels")
+        self.lifecycle = MachineLifecycle(cfg.name, detector.threshold_value_, cfg.policy, level=level,
                                           episode=service.store.last_episode(cfg.name))
         self.lock = threading.Lock()  # guards the lifecycle (machine thread vs service thread)
         #: Wall time (latency) and this thread's CPU time of each recent window, seconds.
@@ -274,12 +286,14 @@ class MachineRunner:
                                          stream_seconds=stop / self.sr)
             problem = signal_problem(y, chunk=self.silence_chunk)
             stopped = None
-            if problem is None and self.stopped_below is not None:
-                rms = float(np.sqrt(np.mean(np.square(y, dtype=np.float64))))
-                if rms < self.stopped_below:
-                    stopped = f"level {20 * math.log10(max(rms, 1e-12)):.1f} dBFS below {c.stopped_below_dbfs:g}"
+            if problem is None and self.levels is not None:
+                from machine_monitor.threshold import machine_stopped, window_level_db
+
+                db = window_level_db(y, sr=self.sr)
+                if machine_stopped(db, self.levels, was_stopped="machine_stopped" in lc.health):
+                    stopped = f"level {db:.1f} dBFS, below {self.levels['stopped_below_db']:.1f} dBFS"
             evs += lc.observe_health(now, "signal_lost", problem is not None, problem, stream_seconds=stop / self.sr)
-            if self.stopped_below is not None:
+            if self.levels is not None and problem is None:
                 evs += lc.observe_health(now, "machine_stopped", stopped is not None, stopped,
                                          stream_seconds=stop / self.sr)
             if problem or stopped:
@@ -400,9 +414,9 @@ class Service:
         self.runners[m.name] = r
         r.lifecycle.set_silences(self.store.active_silences())
         r.start()
-        log.info("%s: %s with %s, %.2f s windows every %.3f s, alert when %d of %d exceed %.4g",
+        log.info("%s: %s with %s, %.2f s windows every %.3f s, alert when %d of %d exceed %.4g (%s)",
                  m.name, r.source.describe(), m.model, r.window / r.sr, r.hop / r.sr, m.policy.k, m.policy.n,
-                 r.lifecycle.level)
+                 r.lifecycle.level, r.level_source)
 
     def _start_workers(self) -> None:
         users: dict[str, list[str]] = collections.defaultdict(list)
