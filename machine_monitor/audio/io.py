@@ -180,7 +180,7 @@ def _regular_file(path: Path) -> int:
 def _open(path: Path) -> tuple[sf.SoundFile, AudioInfo]:
     size = _regular_file(path)
     if size == 0:
-        raise AudioReadError(f"{path}: is empty (0 bytes), not an audio file")
+        raise AudioReadError(f"{path}: not a readable audio file (empty: 0 bytes)")
     try:
         f = sf.SoundFile(path)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, OSError) as exc:
@@ -434,3 +434,53 @@ def audio_duration(path: str | os.PathLike) -> float:
     """Length of a file in seconds, from its header (nothing decoded)."""
     info = audio_info(path)
     return info.frames / info.samplerate
+
+
+def write_wav(path: str | os.PathLike, y: np.ndarray, *, sr: int = SAMPLE_RATE) -> Path:
+    """Write a mono signal as a 16-bit WAV, durably: written beside, fsynced, renamed into place
+    (a reader never sees half a file; a crash leaves the old file or none).
+
+    Parameters
+    ----------
+    path : path-like
+    y : np.ndarray [shape=(n,)]
+        Samples in [-1, 1] (clipped).
+    sr : int
+
+    Raises
+    ------
+    OSError
+        Saying why (the system's reason: disk full, read-only, ...) and where, with the
+        bytes needed and free there (libsndfile itself only says "System error").
+    """
+    import io as _io
+    import shutil
+    import tempfile
+
+    path = Path(path)
+    buf = _io.BytesIO()
+    sf.write(buf, np.clip(np.asarray(y, dtype=np.float32), -1.0, 1.0), sr, subtype="PCM_16", format="WAV")
+    data = buf.getvalue()
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        try:
+            free = f"{shutil.disk_usage(path.parent).free:,} bytes free there"
+        except OSError:
+            free = "free space unknown"
+        raise OSError(exc.errno, f"{exc.strerror or exc}: cannot write {path} ({len(data):,} bytes; {free})") \
+            from None
+    except BaseException:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -22,7 +22,6 @@ import queue
 import re
 import subprocess
 import sys
-import tempfile
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
@@ -123,21 +122,11 @@ class EvidenceWriter:
     def handle(self, event: Event, audio: np.ndarray | None = None) -> None:
         if event.event != ALERT or audio is None or audio.size == 0:
             return
-        import soundfile as sf
+        from machine_monitor.audio.io import write_wav
 
-        self.directory.mkdir(parents=True, exist_ok=True)
         stamp = event.time.replace(":", "").replace("-", "").replace("+0000", "Z").replace("+00:00", "Z")
         model = re.sub(r"[^\w.-]+", "_", event.model)
-        path = self.directory / f"{model}_alert{event.episode:03d}_{stamp}.wav"
-        # Written beside and renamed: a reader never sees half a file.
-        fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".wav.part")
-        os.close(fd)
-        try:
-            sf.write(tmp, np.clip(audio, -1.0, 1.0), self.sr, subtype="PCM_16", format="WAV")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        path = write_wav(self.directory / f"{model}_alert{event.episode:03d}_{stamp}.wav", audio, sr=self.sr)
         event.evidence = str(path)
 
 
