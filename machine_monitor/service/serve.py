@@ -84,7 +84,7 @@ def make_source(m: MachineConfig):
 
 
 def write_evidence(directory: Path, machine: str, episode: int, epoch: float, audio: np.ndarray, sr: int) -> Path:
-    """The audio that opened an alert as a 16-bit WAV, written durably (never half a file)."""
+    """The audio that opened an alert as a 16-bit WAV in ``directory`` (durable, never half a file)."""
     from machine_monitor.audio.io import write_wav
 
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(epoch))
