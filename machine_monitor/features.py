@@ -30,6 +30,8 @@ from machine_monitor.errors import ConfigError
 
 LOG_EPS = 1e-10
 KINDS = ("peak", "logmel", "raw")
+#: Default top of the analysed band, Hz (see ``FeatureConfig.fmax``).
+DEFAULT_FMAX = 7000.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +45,10 @@ class FeatureConfig:
     n_mels: int = 128
     context: int = 5
     stride: int = 1
-    fmax: float | None = None  # top of the mel filterbank; None = sr / 2
+    # Top of the mel filterbank (None = sr / 2). Below the 16 kHz resampler's transition band
+    # (soxr passes ~7.3 kHz): a 44.1/48 kHz recording resampled to 16 kHz must give the same
+    # log-mel as a 16 kHz original of the same sound, or the format alone would read as a fault.
+    fmax: float | None = DEFAULT_FMAX
 
     def __post_init__(self):
         if self.kind not in KINDS:
