@@ -156,9 +156,12 @@ def test_a_long_file_shows_where_the_trouble_starts(det, tmp_path):
     assert seg == pytest.approx(det.clip_seconds_, abs=0.01)
     above = starts[scores > det.threshold_value_]
     assert above.size and 23.0 - seg < above[0] <= 28.0 and above[-1] <= 28.5
-    ev = E.evidence_for_file(det, path, offset=float(starts[np.argmax(scores)]), score=float(scores.max()))
+    worst = float(starts[np.argmax(scores)])
+    ev = E.evidence_for_file(det, path, offset=worst, score=float(scores.max()))
     assert ev.timeline is not None and ev.time_label == "time in file (s)"
-    assert ev.times[0] >= 23.0 - seg  # times are positions in the file
+    # The excerpt reaches a segment to each side (normal sound before and after); times are in the file.
+    assert ev.offset == pytest.approx(worst - seg) and ev.duration == pytest.approx(3 * seg, abs=0.01)
+    assert 23.5 <= ev.span[0] < ev.span[1] <= ev.offset + ev.duration
     assert any("the first from 2" in s for s in ev.summary())
     fig = E.evidence_figure(ev)
     assert "Score over the whole file (s)" in titles(fig)
@@ -171,3 +174,37 @@ def test_short_names_keep_the_file_name_readable():
         "section_00_source_test_anomaly_0003.wav"
     s = E.short_name("x" * 30 + "_middle_" + "y" * 30 + ".wav", max_chars=30)
     assert len(s) == 30 and s.startswith("xxx") and s.endswith(".wav") and "\u2026" in s
+
+
+def test_the_scan_report_shows_each_anomaly_with_this_evidence(det, tmp_path):
+    from machine_monitor.filescore import score_file
+    from machine_monitor.reports.report import render_report
+
+    path = tmp_path / "long_pump.wav"
+    sf.write(path, machine_audio([("n", 12.0), ("a", 3.0), ("n", 6.0)], seed=21), SR)
+    row = score_file(det, path)
+    assert row.anomalous and row.n_segments > 1
+    page = render_report([row], det, model="tiny")
+    assert page.count("data:image/jpeg;base64,") == 1
+    assert "worst window from" in page and "Largest difference from normal" in page
+    assert "In the whole file" in page and "the first from 1" in page  # the trouble starts at 12 s
+
+
+def test_the_instance_plot_names_the_clips_it_gets_wrong(tmp_path, monkeypatch):
+    from machine_monitor.reports import plots
+
+    figs = []
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: (figs.append(fig), save(fig, path))[1])
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.zeros(60, int), np.ones(30, int)]
+    scores = np.r_[rng.uniform(0, 0.9, 60), rng.uniform(1.1, 3, 30)]
+    scores[7], scores[70] = 2.5, 0.2  # one false alarm, one missed anomaly
+    names = [f"/data/clips/{'normal' if lab == 0 else 'fault'}_{i:03d}.wav" for i, lab in enumerate(labels)]
+    plots.plot_instance_scores(labels, scores, 1.0, tmp_path / "many.png", names=names)
+    ax = figs[-1].axes[0]
+    assert sorted(t.get_text() for t in ax.texts) == ["fault_070", "normal_007"]
+    assert "named: clips on the wrong side of the threshold" in ax.get_xlabel()
+    plots.plot_instance_scores(labels[:20], scores[:20], 1.0, tmp_path / "few.png", names=names[:20])
+    ticks = [t.get_text() for t in figs[-1].axes[0].get_xticklabels()]
+    assert ticks[:3] == ["normal_000", "normal_001", "normal_002"] and len(ticks) == 20

@@ -396,21 +396,29 @@ def file_timeline(det, path: str | os.PathLike, *, segment_seconds: float | None
 
 
 def evidence_for_file(det, path: str | os.PathLike, *, offset: float = 0.0, seconds: float | None = None,
-                      score: float | None = None, whole_file: bool = True) -> Evidence:
-    """Evidence for one excerpt of a file (default: the model's clip length from ``offset``).
+                      score: float | None = None, threshold: float | None = None, whole_file: bool = True,
+                      context: float | None = None) -> Evidence:
+    """Evidence for the part of a file from ``offset`` (default: the model's clip length).
 
-    With ``whole_file`` and a file longer than the excerpt, the score over the whole file is
-    added (one more pass over the file, as ``scan`` reads it).
+    In a longer file the excerpt reaches ``context`` seconds (default: ``seconds``) to each side,
+    so that the picture shows the sound before and after the flagged part. With ``whole_file``
+    the score over the whole file is added (one more pass over the file, as ``scan`` reads it).
+    ``threshold``: the level the file was judged by (a scan row's), default the model's.
     """
     from machine_monitor.audio.io import audio_info, read_excerpt
 
     cfg = det.feature_config
     seconds = seconds or max(getattr(det, "clip_seconds_", None) or 10.0, cfg.min_samples / cfg.sr)
-    y = read_excerpt(path, offset=offset, seconds=seconds, sr=cfg.sr, channel=det.channel)
+    total = audio_info(path).seconds
+    context = seconds if context is None else max(0.0, float(context))
+    start = max(0.0, offset - context)
+    end = min(total, offset + seconds + context) if total > 0 else offset + seconds
+    y = read_excerpt(path, offset=start, seconds=max(end - start, seconds), sr=cfg.sr, channel=det.channel)
     timeline = None
-    if whole_file and audio_info(path).seconds > seconds * 1.25:
+    if whole_file and total > seconds * 1.25:
         timeline = file_timeline(det, path)
-    return collect_evidence(det, y, offset=offset, name=str(path), score=score, timeline=timeline)
+    return collect_evidence(det, y, offset=start, name=str(path), score=score, threshold=threshold,
+                            timeline=timeline)
 
 
 # -- the picture -------------------------------------------------------------------------
@@ -501,8 +509,8 @@ def evidence_figure(ev: Evidence, *, width: float = 10.0):
         starts, scores, seg = ev.timeline
         _score_axis(ax, starts, scores, seg, ev.threshold, label="segment score", step=True)
         ax.axvspan(t0, t1, color="#2e86c1", alpha=0.2, lw=0)
-        ax.annotate("excerpt", xy=((t0 + t1) / 2, 0.97), xycoords=("data", "axes fraction"), ha="center",
-                    va="top", fontsize=7, color="#2e86c1")
+        ax.annotate("excerpt", xy=((t0 + t1) / 2, 0.03), xycoords=("data", "axes fraction"), ha="center",
+                    va="bottom", fontsize=7, color="#2e86c1")
         ax.set_xlim(starts[0], starts[-1] + seg)
         ax.set_title("Score over the whole file (s)", fontsize=9, loc="left")
         _note(fig.add_subplot(gs[0, 3]), "Blue: the excerpt drawn below, the file's worst part.")
@@ -542,6 +550,8 @@ def evidence_figure(ev: Evidence, *, width: float = 10.0):
         ax = axes["dev"]
         dt = ev.deviation_times
         extent = (dt[0], dt[-1] + ev.deviation_seconds, -0.5, n_mels - 0.5)
+        if dt.size == 1 and ev.reference_kind == "peak":  # one window: it speaks for all of its audio
+            extent = (t0, t1, -0.5, n_mels - 0.5)
         im = ax.imshow(ev.deviation.T, origin="lower", aspect="auto", extent=extent, cmap="RdBu_r",
                        vmin=-DIFF_RANGE_DB, vmax=DIFF_RANGE_DB, interpolation="nearest")
         cb = fig.colorbar(im, cax=fig.add_subplot(gs[rows.index("dev"), 1]))

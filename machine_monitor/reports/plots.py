@@ -18,9 +18,13 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from machine_monitor.reports.evidence import short_name
+
 NORMAL_COLOR, ANOMALY_COLOR, THRESHOLD_COLOR = "#1f77b4", "#d62728", "#333333"
 DOMAIN_STYLES = {"source": ":", "target": "-."}
 PLOT_FILES = ("roc.png", "pr.png", "score_distribution.png", "instance_scores.png")
+#: Up to this many clips, every clip is named on the instance plot's axis.
+MAX_TICK_NAMES = 40
 
 
 def _figure(width: float = 6.4, height: float = 4.8) -> tuple[Figure, object]:
@@ -141,7 +145,8 @@ def plot_instance_scores(labels, scores, threshold: float, path, *, names: Seque
 
     Clips are grouped by true label (normal first) in their given order; colour = true
     label, filled marker = flagged by the threshold. Missed anomalies and false alarms are
-    counted in the legend.
+    counted in the legend. With ``names``, clips are named on the axis (up to
+    ``MAX_TICK_NAMES``), else the false alarms and missed anomalies are named beside their points.
     """
     y, s = np.asarray(labels), np.asarray(scores, dtype=np.float64)
     order = np.argsort(y, kind="stable")
@@ -162,14 +167,34 @@ def plot_instance_scores(labels, scores, threshold: float, path, *, names: Seque
     ax.set(xlabel=f"clip (normal: 0-{n_normal - 1}, anomaly: {n_normal}-{y.size - 1})",
            ylabel="anomaly score", yscale="log" if _log_scale(np.append(s, threshold)) else "linear",
            xlim=(-1, s.size))
-    if names is not None and s.size <= 40:
-        ax.set_xticks(x, [Path(str(names[i])).stem for i in order], rotation=90, fontsize=6)
+    if names is not None and s.size <= MAX_TICK_NAMES:
+        ax.set_xticks(x, [short_name(Path(str(names[i])).stem, max_chars=28) for i in order], rotation=90,
+                      fontsize=6)
+    elif names is not None:
+        _name_wrong_verdicts(ax, x, s, y, threshold, [names[i] for i in order])
     ax.grid(alpha=0.3)
     # Outside the axes: inside, it hides the highest-scoring clips, the ones that matter.
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="true label, verdict",
               title_fontsize=8)
     _title(ax, "Score of each clip against the threshold", subtitle)
     return _save(fig, path)
+
+
+def _name_wrong_verdicts(ax, x, s, y, threshold: float, names: Sequence[str], *, most: int = 15) -> None:
+    """Too many clips to name on the axis: name the ones the threshold gets wrong (false alarms and
+    missed anomalies), the ``most`` farthest on the wrong side first."""
+    wrong = np.flatnonzero((s > threshold) != (y == 1))
+    if wrong.size == 0:
+        return
+    log_axis = ax.get_yscale() == "log"
+    far = np.abs(np.log(s[wrong] / threshold)) if log_axis and (s[wrong] > 0).all() else np.abs(s[wrong] - threshold)
+    shown = wrong[np.argsort(-far)[:most]]
+    for k, i in enumerate(sorted(shown)):
+        ax.annotate(short_name(Path(str(names[i])).stem, max_chars=26), (x[i], s[i]), xytext=(4, 6 if k % 2 else -9),
+                    textcoords="offset points", fontsize=6, color=ANOMALY_COLOR if y[i] == 1 else NORMAL_COLOR,
+                    rotation=20)
+    more = f", {shown.size} of {wrong.size} shown" if shown.size < wrong.size else ""
+    ax.set_xlabel(f"{ax.get_xlabel()}; named: clips on the wrong side of the threshold{more}")
 
 
 def write_plots(outdir: str | os.PathLike, labels, scores, threshold: float, *,

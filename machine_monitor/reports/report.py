@@ -1,8 +1,11 @@
 """A scan as one self-contained HTML page (images embedded, no network access needed).
 
-The page holds: a summary, the score distribution with the threshold, a log-mel
-spectrogram of the worst window of each top anomaly (the worst feature window
-marked), and a table of every file that sorts when a column header is clicked.
+The page holds: a summary, the score distribution with the threshold, the evidence of
+each top anomaly (the rendering the dashboard shows too, :mod:`machine_monitor.reports.evidence`:
+its worst segment's log-mel spectrogram in Hz with a dB scale, the difference from the model's
+normal spectrum, the window scores against the threshold with the anomalous span marked, for a
+long file the score over the whole file, and a few sentences saying the same), and a table of
+every file that sorts when a column header is clicked.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from machine_monitor.filescore import ScanRow
+from machine_monitor.reports.evidence import evidence_data_uri, evidence_for_file
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +33,8 @@ table{border-collapse:collapse;font-size:.9em}th,td{padding:.25em .6em;border-bo
 th{cursor:pointer;background:#f3f3f3;position:sticky;top:0}th:hover{background:#e3e3e3}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
 tr.ANOMALY td{background:#fde8e8}tr.error td{color:#a05a00}
-.summary td{border:none;padding:.1em 1em .1em 0}figure{margin:1em 0}figcaption{font-size:.9em;color:#555}
+.summary td{border:none;padding:.1em 1em .1em 0}figure{margin:1.5em 0}figcaption{font-size:.9em;color:#333}
+figure img{max-width:100%}ul.evidence{margin:.3em 0 .5em;padding-left:1.4em}
 """
 
 # Click a header to sort by it; numbers sort numerically (from data-v), a second click reverses.
@@ -77,36 +82,16 @@ def score_histogram(scores: np.ndarray, threshold: float) -> str:
     return _data_uri(fig)
 
 
-def worst_window_figure(row: ScanRow, det, *, seconds: float | None = None) -> str:
-    """PNG data URI: log-mel spectrogram of the row's worst window with its worst feature window marked."""
-    from matplotlib.figure import Figure
+def anomaly_evidence(row: ScanRow, det):
+    """The evidence of one flagged file (:mod:`machine_monitor.reports.evidence`, as the dashboard shows it):
+    its worst segment, and for a file scanned in several segments the score over the whole file."""
+    return evidence_for_file(det, row.path, offset=row.worst_offset or 0.0, score=row.score,
+                             threshold=row.threshold, whole_file=row.n_segments > 1)
 
-    from machine_monitor.audio.io import read_excerpt
-    from machine_monitor.features import FeatureConfig, logmel_frames
 
-    cfg = det.feature_config
-    seconds = seconds or max(getattr(det, "clip_seconds_", None) or 10.0, cfg.min_samples / cfg.sr)
-    offset = row.worst_offset or 0.0
-    y = read_excerpt(row.path, offset=offset, seconds=seconds, sr=cfg.sr, channel=det.channel)
-    mel_cfg = cfg if cfg.kind == "logmel" else FeatureConfig.for_kind("logmel", sr=cfg.sr)
-    spec = logmel_frames(y, sr=mel_cfg.sr, n_fft=mel_cfg.n_fft, hop_length=mel_cfg.hop_length, n_mels=mel_cfg.n_mels,
-                         fmax=mel_cfg.fmax)
-    ws = det.window_scores(y)  # the network's view of each feature window in this excerpt
-    t = offset + cfg.window_starts(y.size) / cfg.sr
-
-    fig = Figure(figsize=(9, 4))
-    ax, ax2 = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    extent = (offset, offset + spec.shape[0] * mel_cfg.hop_length / mel_cfg.sr, 0, spec.shape[1])
-    ax.imshow(spec.T, origin="lower", aspect="auto", extent=extent, cmap="magma")
-    ax.set_ylabel("mel band")
-    k = int(np.argmax(ws))
-    for a in (ax, ax2):
-        a.axvspan(t[k], t[k] + det.window_seconds(), color="#2ecc71", alpha=0.35, lw=0)
-    ax.set_title(f"{Path(row.path).name}: worst window at {t[k]:.2f} s", fontsize=10)
-    ax2.plot(t + det.window_seconds() / 2, ws, color="#333", lw=0.8)
-    ax2.set_ylabel("window score")
-    ax2.set_xlabel("time in file (s)")
-    return _data_uri(fig, "jpeg")
+def worst_window_figure(row: ScanRow, det) -> str:
+    """JPEG data URI of :func:`anomaly_evidence`'s picture."""
+    return evidence_data_uri(anomaly_evidence(row, det))
 
 
 def _td(value, fmt: str = ".4g") -> str:
@@ -142,15 +127,17 @@ def render_report(rows: Sequence[ScanRow], det, *, model: str = "", elapsed: flo
         parts.append(f"<h2>Top {min(top, len(anomalies))} anomalies</h2>")
         for r in anomalies[:top]:
             try:
-                img = worst_window_figure(r, det)
+                ev = anomaly_evidence(r, det)
+                img = evidence_data_uri(ev)
             except Exception as exc:  # noqa: BLE001 - a figure that fails must not lose the report
                 log.warning("no spectrogram for %s: %s", r.path, exc)
                 parts.append(f"<p>{esc(r.path)}: no spectrogram ({esc(str(exc))})</p>")
                 continue
-            parts.append(f"<figure><img alt='log-mel spectrogram of {esc(r.path)}' src='{img}'><figcaption>"
-                         f"{esc(r.path)}: score {r.score:.4g}, {r.n_anomalous}/{r.n_segments} windows anomalous, "
-                         f"worst window from {r.worst_offset or 0:.1f} s (shaded: its worst feature window)"
-                         "</figcaption></figure>")
+            parts.append(f"<figure><figcaption><b>{esc(r.path)}</b>: score {r.score:.4g}, {r.n_anomalous}/"
+                         f"{r.n_segments} windows anomalous, worst window from {r.worst_offset or 0:.1f} s"
+                         "<ul class='evidence'>" + "".join(f"<li>{esc(s)}</li>" for s in ev.summary()) +
+                         f"</ul></figcaption><img alt='evidence for {esc(r.path)}: log-mel spectrogram in Hz, "
+                         f"difference from normal, window scores against the threshold' src='{img}'></figure>")
 
     parts.append("<h2>All files</h2><p>Click a column header to sort.</p><table class='sortable'><thead><tr>"
                  "<th>path</th><th>score</th><th>verdict</th><th>anomalous windows</th><th>windows</th>"
