@@ -148,9 +148,9 @@ def test_each_member_alone_is_that_views_detector(train_clips, groups):
 def test_save_load_round_trip_records_members_and_fusion(det, tmp_path):
     path = det.save(tmp_path / "mv")
     m = json.loads((path / "model.json").read_text())
-    assert m["detector"] == "multiview" and m["params"]["fusion"] == "top2"
+    assert m["detector"] == "multiview" and m["params"]["fusion"] == "max"
     assert [d["name"] for d in m["multiview"]["members"]] == list(VIEWS)
-    assert m["multiview"]["fusion"] == "top2" and m["multiview"]["folds"] == 3
+    assert m["multiview"]["fusion"] == "max" and m["multiview"]["folds"] == 3
     back = BaseDetector.load(path)
     assert isinstance(back, MultiViewDetector)
     ys = [clip(400), clip(401, "knocks", 2.0)]
@@ -187,7 +187,7 @@ def test_explain_says_which_view_and_which_bands(det):
 
 
 def test_registry_makes_the_kind():
-    assert isinstance(make_detector("multiview", fusion="max"), MultiViewDetector)
+    assert isinstance(make_detector("multiview", fusion="top2"), MultiViewDetector)
 
 
 # ------------------------------------------------------------ real audio
