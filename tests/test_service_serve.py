@@ -43,7 +43,7 @@ def machine_table(name, model, **kw) -> str:
     return "\n".join(lines) + "\n"
 
 
-def config_text(tmp_path, model, *, hook_url, mqtt_port, prom_port, machines: str) -> str:
+def config_text(tmp_path, model, *, hook_url, mqtt_port, prom_port, dash_port, machines: str) -> str:
     return f"""
 [service]
 store = "events.db"
@@ -72,6 +72,10 @@ client_id = "serve-test"
 [prometheus]
 port = {prom_port}
 
+[dashboard]
+port = {dash_port}
+token = "test-token"
+
 {machines}"""
 
 
@@ -84,13 +88,13 @@ def test_serve_several_machines_to_every_sink_with_ack_silence_reload(pulse, tin
     rx = Receiver().start()
     broker = Mosquitto(tmp_path).start()
     sub = Subscriber(broker.port, client_id="serve-sub")
-    prom = free_port()
+    prom, dash = free_port(), free_port()
     machines = (machine_table("a", tiny_model, input="a.wav", speed=2)
                 + machine_table("b", tiny_model, input="b.wav", speed=2)
                 + machine_table("mic", tiny_model, device="pulse", samplerate=16000)
                 + machine_table("ghost", tiny_model, device="no-such-microphone"))
     text = config_text(tmp_path, tiny_model, hook_url=rx.url, mqtt_port=broker.port, prom_port=prom,
-                       machines=machines)
+                       dash_port=dash, machines=machines)
     conf = tmp_path / "machines.toml"
     conf.write_text(text)
     # Planned maintenance on the microphone's machine, set before the service starts.
@@ -113,6 +117,9 @@ def test_serve_several_machines_to_every_sink_with_ack_silence_reload(pulse, tin
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{prom}/metrics", timeout=5).read().decode()
         assert 'machine_monitor_state{machine="ghost",state="device_lost"} 1.0' in metrics
         assert 'machine_monitor_score{machine="b"}' in metrics and 'machine_monitor_up{machine="b"} 1.0' in metrics
+        # The dashboard runs inside the service, on the configured port.
+        page = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{dash}/api/state", timeout=10).read())
+        assert "ghost" in json.dumps(page) and "device_lost" in json.dumps(page)
         # Reload with one machine more (SIGHUP): the others keep running.
         conf.write_text(text + machine_table("c", tiny_model, input="c.wav", speed=2))
         proc.send_signal(signal.SIGHUP)

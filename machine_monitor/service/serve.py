@@ -29,10 +29,11 @@ API for the dashboard (``machine_monitor.dashboard.create_app(service)``)::
     service.evidence_dir         the only folder evidence files are written to
     service.acknowledge(event_id, who)     = store.ack + the running lifecycle learns at once
     service.silence(machine, until, who, reason)
+    service.unsilence(silence_id, who)
 
-Hook: when ``[dashboard]`` is enabled and ``machine_monitor.dashboard`` provides
-``create_app``, the service runs it with uvicorn in a thread on the configured
-bind and port (:meth:`Service.start_dashboard`).
+Hook: when ``[dashboard]`` is enabled, the service starts
+``machine_monitor.dashboard.start_dashboard(self, bind=..., port=..., token=...)``
+(uvicorn in a thread) and stops it on shutdown (:meth:`Service.start_dashboard`).
 """
 
 from __future__ import annotations
@@ -365,6 +366,11 @@ class Service:
         self._poll_controls()
         return ev
 
+    def unsilence(self, silence_id: int, who: str) -> dict:
+        ev = self.store.unsilence(silence_id, who)
+        self._poll_controls()
+        return ev
+
     def metrics(self) -> dict:
         return {"machines": {n: r.snapshot(history=False) for n, r in list(self.runners.items())},
                 "sinks": {n: w.backlog for n, w in list(self.workers.items())}}
@@ -443,26 +449,20 @@ class Service:
         self.start_dashboard()
 
     def start_dashboard(self) -> bool:
-        """Run ``machine_monitor.dashboard.create_app(self)`` with uvicorn in a thread, when configured."""
+        """Serve the dashboard (``machine_monitor.dashboard.start_dashboard(self)``) when configured.
+
+        The web server runs in a daemon thread on ``[dashboard]``'s bind and port; a port
+        that cannot be opened is a ``ConfigError``. Returns whether it was started.
+        """
         d = self.config.dashboard
         if d is None or not d.enabled:
             return False
         if importlib.util.find_spec("machine_monitor.dashboard") is None:
             log.warning("dashboard configured but machine_monitor.dashboard is not installed")
             return False
-        import uvicorn
-
         from machine_monitor import dashboard
 
-        if not hasattr(dashboard, "create_app"):
-            log.warning("machine_monitor.dashboard has no create_app(); dashboard not started")
-            return False
-        server = uvicorn.Server(uvicorn.Config(dashboard.create_app(self), host=d.bind, port=d.port,
-                                               log_level="warning", lifespan="off"))
-        server.install_signal_handlers = lambda: None  # signals belong to the service
-        threading.Thread(target=server.run, name="dashboard", daemon=True).start()
-        self._dashboard = server
-        log.info("dashboard on http://%s:%d/", d.bind, d.port)
+        self._dashboard = dashboard.start_dashboard(self, bind=d.bind, port=d.port, token=d.token)
         return True
 
     def stop(self, reason: str = "stopped") -> None:
@@ -580,7 +580,7 @@ class Service:
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
         if self._dashboard is not None:
-            self._dashboard.should_exit = True
+            self._dashboard.stop()
 
     def install_signal_handlers(self) -> None:
         """SIGTERM/SIGINT stop, SIGHUP reloads (call from the main thread)."""
