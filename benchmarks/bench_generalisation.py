@@ -1,0 +1,223 @@
+"""Does the default rank well on any machine? Members alone vs the fused default vs PyOD.
+
+For every shared split (``../shared/data/splits/*.json``: dcase2023-valve, sensiml-fan, the
+five dcase2020-<type> sanity checks) and every SYNTHETIC machine kind x fault mechanism
+(``machine_monitor.synth.mechanism_sound``: written once to ``--synth-dir``), each seed:
+
+* fit the default multi-view detector once on the training clips; its members are the
+  single-view detectors (a member alone is seeded by its view, so it is the same model as
+  inside the bank: ``tests/test_multiview.py``), so the rows ``peak``, ``mean``, ``std`` and
+  ``frame`` are the members' standardised scores, ``default`` their fusion (``max``), and
+  ``fuse top2`` / ``fuse mean`` the other fusion rules on the very same members;
+* PyOD's AudioAE (same front-end as the DCASE baseline, 40 epochs) in the same run;
+* score the test files as ``scan`` / ``evaluate`` do: a file up to 1.25 clip lengths whole,
+  a longer one in clip-length segments, its score the worst segment's;
+* AUC and pAUC (``roc_auc_score(max_fpr=0.1)``); for SYNTHETIC kinds, per mechanism: that
+  mechanism's anomalies against the kind's normal test clips.
+
+``fit s``: the members' own fit seconds for member rows, the whole multi-view fit for the
+fused rows (calibration excluded: it does not change the ranking), AudioAE's fit.
+
+    python benchmarks/bench_generalisation.py                         # everything, seeds 0 1 2
+    python benchmarks/bench_generalisation.py --seeds 0 --only-synthetic --kinds hum
+    python benchmarks/bench_generalisation.py --json /tmp/gen.json --threads 1
+
+Threads: OMP / OPENBLAS / MKL and torch intra-op threads are set to ``--threads`` (default 1:
+the machine is shared) before numpy and torch load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SPLITS_DIR = ROOT.parent / "shared" / "data" / "splits"
+MEMBERS = ("peak", "mean", "std", "frame")
+FUSED = {"default": "max", "fuse top2": "top2", "fuse mean": "mean"}
+PYOD_ROW = "pyod AudioAE"
+PYOD_KWARGS = {"n_mels": 128, "context": 5, "hop_length": 512, "sr": 16000, "epoch_num": 40}
+ROWS = (*MEMBERS, *FUSED, PYOD_ROW)
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--splits", type=Path, nargs="*", help=f"split files (default: every *.json in {SPLITS_DIR})")
+    ap.add_argument("--kinds", nargs="*", help="SYNTHETIC machine kinds (default: all)")
+    ap.add_argument("--only-synthetic", action="store_true")
+    ap.add_argument("--only-real", action="store_true")
+    ap.add_argument("--no-pyod", action="store_true", help="leave out PyOD's AudioAE")
+    ap.add_argument("--synth-dir", type=Path, default=Path("/tmp/mm_synthetic_mechanisms"),
+                    help="where the SYNTHETIC sets are written (reused when present)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json", type=Path, metavar="OUT")
+    return ap.parse_args(argv)
+
+
+def set_threads(n: int) -> None:
+    for var in THREAD_VARS:
+        os.environ[var] = str(n)
+
+
+# -- data ----------------------------------------------------------------------------
+def real_sets(paths) -> list[dict]:
+    out = []
+    for path in sorted(paths or SPLITS_DIR.glob("*.json")):
+        split = json.loads(path.read_text())
+        base = path.parent / split.get("root", "..")
+        test = [(str(base / p), int(lab), "all") for p, lab, *_ in split["test"]]
+        out.append({"name": split.get("name", path.stem), "train": [str(base / p) for p in split["train"]],
+                    "test": test, "synthetic": False})
+    return out
+
+
+def synthetic_sets(root: Path, kinds) -> list[dict]:
+    from machine_monitor.synth import MACHINE_KINDS, write_mechanism_set
+
+    out = []
+    for kind in kinds or MACHINE_KINDS:
+        index = root / f"{kind}.json"
+        if index.is_file():
+            split = json.loads(index.read_text())
+        else:
+            print(f"writing the SYNTHETIC {kind} set to {root} ...", file=sys.stderr)
+            split = write_mechanism_set(root, kind=kind)
+            index.write_text(json.dumps(split))
+        out.append({"name": f"SYNTHETIC {kind}", "train": split["train"],
+                    "test": [(p, int(lab), mech) for p, lab, mech in split["test"]], "synthetic": True})
+    return out
+
+
+# -- scoring -------------------------------------------------------------------------
+def file_member_z(det, path: str) -> dict[str, float]:
+    """Each member's standardised score of a file, scored as ``scan`` scores it (worst segment).
+
+    Returns the members' z and the fused scores per rule, each the worst segment's.
+    """
+    import numpy as np
+
+    from machine_monitor.detectors.multiview import fuse
+    from machine_monitor.filescore import WHOLE_FILE_TOLERANCE, _segment_samples, segment_starts
+    from machine_monitor.scorers.residual import aggregate
+
+    y = det.load_signal(path)
+    segment = _segment_samples(det, None)
+    starts = [0] if y.size <= WHOLE_FILE_TOLERANCE * segment else segment_starts(y.size, segment, segment)
+    per_segment = []
+    for s in starts:
+        part = y if len(starts) == 1 else y[s:s + segment]
+        z = det.member_z(det.logmel(part))
+        names = list(z)
+        zs = np.stack([z[n] for n in names])  # (members, spans)
+        row = {n: aggregate(zs[i], det.aggregate) for i, n in enumerate(names)}
+        for rowname, rule in FUSED.items():
+            row[rowname] = aggregate(fuse(zs, rule), det.aggregate)
+        per_segment.append(row)
+    return {k: max(r[k] for r in per_segment) for k in per_segment[0]}
+
+
+def run_multiview(ds: dict, seed: int) -> dict[str, tuple[list[float], float]]:
+    from machine_monitor.detectors.multiview import MultiViewDetector
+
+    det = MultiViewDetector(seed=seed)
+    det.calibrate_on_fit = False  # the ranking does not depend on it (bench_alarms.py measures the alarms)
+    det.fit(ds["train"])
+    scores = [file_member_z(det, p) for p, _, _ in ds["test"]]
+    out = {m: ([s[m] for s in scores], det.member_fit_seconds_[m]) for m in det.members_}
+    out.update({r: ([s[r] for s in scores], det.fit_seconds_) for r in FUSED})
+    return out
+
+
+def run_pyod(ds: dict, seed: int) -> tuple[list[float], float]:
+    from pyod.models.audio_ae import AudioAE
+
+    model = AudioAE(**PYOD_KWARGS, random_state=seed)
+    t0 = time.perf_counter()
+    model.fit([str(p) for p in ds["train"]])
+    fit_s = time.perf_counter() - t0
+    return list(model.decision_function([str(p) for p, _, _ in ds["test"]])), fit_s
+
+
+def metrics(ds: dict, scores) -> dict[str, tuple[float, float]]:
+    """``{subset: (auc, pauc)}``: the whole set, and for SYNTHETIC kinds each mechanism."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    labels = np.array([lab for _, lab, _ in ds["test"]])
+    groups = np.array([g for _, _, g in ds["test"]])
+    s = np.asarray(scores, dtype=np.float64)
+    subsets = {"all": np.ones(len(labels), bool)}
+    if ds["synthetic"]:
+        subsets = {m: (groups == m) | (labels == 0) for m in dict.fromkeys(groups[labels == 1])}
+    return {k: (float(roc_auc_score(labels[m], s[m])), float(roc_auc_score(labels[m], s[m], max_fpr=0.1)))
+            for k, m in subsets.items()}
+
+
+def mean_sd(values: list[float], fmt: str = ".3f") -> str:
+    m = statistics.fmean(values)
+    return f"{m:{fmt}}" if len(values) < 2 else f"{m:{fmt}} ± {statistics.stdev(values):{fmt}}"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    set_threads(args.threads)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    sets = [] if args.only_synthetic else real_sets(args.splits)
+    if not args.only_real:
+        sets += synthetic_sets(args.synth_dir, args.kinds)
+    runs = []  # one record per (set, subset, row, seed)
+    t_all = time.perf_counter()
+    for ds in sets:
+        for seed in args.seeds:
+            t0 = time.perf_counter()
+            results = run_multiview(ds, seed)
+            if not args.no_pyod:
+                results[PYOD_ROW] = run_pyod(ds, seed)
+            for row, (scores, fit_s) in results.items():
+                for subset, (auc, pauc) in metrics(ds, scores).items():
+                    runs.append({"set": ds["name"], "subset": subset, "row": row, "seed": seed, "auc": auc,
+                                 "pauc": pauc, "fit_seconds": fit_s})
+            print(f"{ds['name']} seed {seed}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+
+    print(f"SYNTHETIC sets are generated (machine_monitor.synth), not recordings. Seeds {args.seeds}, "
+          f"{args.threads} thread(s), {time.perf_counter() - t_all:.0f} s in all.")
+    header = f"{'set':<28} {'subset':<12} {'row':<13} {'AUC':<14} {'pAUC (FPR<=0.1)':<16} {'fit s':<12}"
+    print(header)
+    print("-" * len(header))
+    summary = []
+    for key in dict.fromkeys((r["set"], r["subset"]) for r in runs):
+        best_member = None
+        for row in ROWS:
+            rs = [r for r in runs if (r["set"], r["subset"], r["row"]) == (*key, row)]
+            if not rs:
+                continue
+            auc = [r["auc"] for r in rs]
+            rec = {"set": key[0], "subset": key[1], "row": row, "auc": auc, "pauc": [r["pauc"] for r in rs],
+                   "fit_seconds": [r["fit_seconds"] for r in rs]}
+            summary.append(rec)
+            if row in MEMBERS and (best_member is None or statistics.fmean(auc) > best_member[1]):
+                best_member = (row, statistics.fmean(auc))
+            print(f"{key[0]:<28} {key[1]:<12} {row:<13} {mean_sd(auc):<14} {mean_sd(rec['pauc']):<16} "
+                  f"{mean_sd(rec['fit_seconds'], '.1f'):<12}")
+        default = [s for s in summary if (s["set"], s["subset"], s["row"]) == (*key, "default")]
+        if default and best_member:
+            gap = statistics.fmean(default[0]["auc"]) - best_member[1]
+            print(f"{'':<28} {'':<12} default - best member ({best_member[0]}): {gap:+.3f}")
+    print("(mean ± sample standard deviation over seeds)")
+    if args.json:
+        args.json.write_text(json.dumps({"runs": runs, "summary": summary, "seeds": args.seeds,
+                                         "threads": args.threads}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
