@@ -299,6 +299,106 @@ def write_rows_atomic(path: str | os.PathLike, rows: Sequence[ScanRow], fmt: str
         raise
 
 
+LOSSY_FORMATS = {"OGG", "MP3", "MPEG"}
+
+
+def training_chain(det) -> dict | None:
+    """The recording chain (input rate, format, channels) most training clips came through, if recorded."""
+    screening = getattr(det, "screening_", None)
+    if screening is None:
+        screening = (getattr(det, "manifest_", None) or {}).get("training", {}).get("screening")
+    chain = (screening or {}).get("chain")
+    return chain if isinstance(chain, dict) and chain else None
+
+
+def chain_differences(det, files: Sequence[str], *, limit: int = 2_000) -> str | None:
+    """One warning when inputs come through another chain than the training clips, else ``None``.
+
+    Compared: the input sample rate, the channel count, and lossy (OGG, MP3) against
+    lossless coding. Only file headers are read (the first ``limit`` files).
+    """
+    from machine_monitor.audio.io import audio_info
+    from machine_monitor.errors import MachineMonitorError
+
+    chain = training_chain(det)
+    if chain is None:
+        return None
+
+    def family(fmt) -> str:
+        return "lossy" if str(fmt).upper() in LOSSY_FORMATS else "lossless"
+
+    odd, first, checked = 0, None, 0
+    for f in files[:limit]:
+        try:
+            c = audio_info(f).chain()
+        except MachineMonitorError:
+            continue  # its row will say why
+        checked += 1
+        if (c["sample_rate"] != chain.get("sample_rate") or c["channels"] != chain.get("channels")
+                or family(c["format"]) != family(chain.get("format"))):
+            odd += 1
+            first = first or (f, c)
+    if not odd:
+        return None
+    f, c = first
+    return (f"{odd} of {checked} inputs come through another recording chain than the model's training clips "
+            f"({chain.get('sample_rate')} Hz, {chain.get('format')}, {chain.get('channels')} ch), e.g. {f} "
+            f"({c['sample_rate']} Hz, {c['format']}, {c['channels']} ch): the same sound recorded differently can "
+            "score differently; train with clips from the chain you scan")
+
+
+def same_file_key(path: str | os.PathLike) -> str:
+    """A file's identity for matching rows: its resolved absolute path."""
+    return os.path.realpath(path)
+
+
+class OutputLock:
+    """An exclusive, non-blocking lock on a scan output file (a hidden ``.NAME.lock`` beside it).
+
+    A second scan writing the same output is refused at once (``ConfigError``) instead of
+    the last one to finish silently overwriting the other's rows. The lock is the file
+    lock of an open descriptor: a scan killed with ``kill -9`` leaves no stale lock behind.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.lock_path = self.path.with_name(f".{self.path.name}.lock")
+        self._fd = None
+        try:
+            import fcntl
+        except ImportError:  # Windows: no advisory locks; the output is still written atomically
+            return
+        for _ in range(5):
+            try:
+                fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise ConfigError(f"{self.path}: cannot lock it for writing ({exc.strerror})") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.read(fd, 64).decode(errors="replace").strip()
+                os.close(fd)
+                raise ConfigError(f"{self.path}: another scan{f' (process {holder})' if holder else ''} is "
+                                  "writing it; wait for it to finish, or write to another file") from None
+            try:  # the previous holder may have removed the lock file between our open and flock
+                same = os.fstat(fd).st_ino == os.stat(self.lock_path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+                self._fd = fd
+                return
+            os.close(fd)
+        raise ConfigError(f"{self.path}: cannot lock it for writing (lock file keeps changing)")
+
+    def release(self) -> None:
+        if self._fd is not None:
+            Path(self.lock_path).unlink(missing_ok=True)
+            os.close(self._fd)
+            self._fd = None
+
+
 class ScanOutput:
     """Where a scan's rows go, and what a resumed scan still has to do.
 
@@ -320,12 +420,24 @@ class ScanOutput:
             raise ConfigError("resuming a scan needs the output file it wrote")
         self.path, self.order, self.stream = path, order, stream if stream is not None else sys.stdout
         self.fmt = format_for(path, fmt)
-        position = {f: i for i, f in enumerate(files)}
-        self.kept = [r for r in (read_rows(path, self.fmt) if resume else []) if r.error is None]
-        for r in self.kept:
-            r.index = position.get(r.path, len(files))
-        done = {r.path for r in self.kept}
-        self.todo = [f for f in files if f not in done]
+        # One scan writes an output file at a time: a second one is refused, not silently merged.
+        self._lock = OutputLock(path) if path is not None else None
+        try:
+            kept = [r for r in (read_rows(path, self.fmt) if resume else []) if r.error is None]
+        except BaseException:
+            self.release()
+            raise
+        # Files are matched by their resolved path: `../x/a.wav` and `a.wav` are one file.
+        position = {same_file_key(f): i for i, f in enumerate(files)}
+        self.kept, done = [], set()
+        for r in kept:
+            key = same_file_key(r.path)
+            if key in done:
+                continue  # one file's row twice (an older scan under another spelling): keep the first
+            done.add(key)
+            r.index = position.get(key, len(files))
+            self.kept.append(r)
+        self.todo = [f for f in files if same_file_key(f) not in done]
         self.position = position
         self.width = max(4, *(len(f) for f in files), *(len(r.path) for r in self.kept))
         self.rows: list[ScanRow] = list(self.kept)
@@ -341,7 +453,7 @@ class ScanOutput:
         return self
 
     def write(self, row: ScanRow) -> None:
-        row.index = self.position.get(row.path, row.index)
+        row.index = self.position.get(same_file_key(row.path), row.index)
         self.rows.append(row)
         if self._writer is not None:
             self._writer.write(row)
@@ -354,13 +466,22 @@ class ScanOutput:
     def finish(self) -> list[ScanRow]:
         """Write the rows in their final order (file rewritten, or printed); returns them in that order."""
         ordered = sort_rows(self.rows, self.order)
-        if self.order == "completion":
+        try:
+            if self.order == "completion":
+                return ordered
+            if self.path is not None:
+                write_rows_atomic(self.path, ordered, self.fmt, path_width=self.width)
+            else:
+                w = RowWriter(self.stream, self.fmt, path_width=self.width, flush=False)
+                for r in ordered:
+                    w.write(r)
+                self.stream.flush()
             return ordered
-        if self.path is not None:
-            write_rows_atomic(self.path, ordered, self.fmt, path_width=self.width)
-        else:
-            w = RowWriter(self.stream, self.fmt, path_width=self.width, flush=False)
-            for r in ordered:
-                w.write(r)
-            self.stream.flush()
-        return ordered
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        """Let other scans write this output file (done by :meth:`finish`)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None

@@ -31,14 +31,15 @@ def register(sub) -> None:
     p.add_argument("--since", help="only events newer than this: a duration (30m, 2h, 7d) or an ISO date")
     p.add_argument("--after-id", type=int, default=0, help="only events with a larger id")
     p.add_argument("--limit", type=int, default=50, help="at most this many (the newest); 0 = all")
-    p.add_argument("--format", choices=("table", "jsonl"), default="table")
+    p.add_argument("--format", choices=("table", "jsonl"), default="table",
+                   help="one aligned line per event, or one JSON object per line")
     p.set_defaults(run=run_events)
 
     a = sub.add_parser("ack", help="acknowledge an alert (stops its repeat notifications)", epilog=EPILOG)
     _store_args(a)
     a.add_argument("event_id", type=int, help="the alert's event id (see `events --kind alert`)")
     a.add_argument("--who", default=None, help="who acknowledges (default: the login name)")
-    a.add_argument("--comment", default=None)
+    a.add_argument("--comment", default=None, help="a note stored with the acknowledgement")
     a.set_defaults(run=run_ack)
 
     s = sub.add_parser("silence", help="silence a machine (or all) for a time span: no notifications",
@@ -48,7 +49,7 @@ def register(sub) -> None:
     s.add_argument("machine", nargs="?", help="the machine to silence; omit with --all")
     s.add_argument("--all", action="store_true", help="silence every machine")
     s.add_argument("--for", dest="duration", default=None, help="how long: 90m, 2h, 1d")
-    s.add_argument("--reason", default=None)
+    s.add_argument("--reason", default=None, help="why (stored with the silence and shown by --list)")
     s.add_argument("--who", default=None, help="who silences (default: the login name)")
     s.add_argument("--list", action="store_true", help="list the silences in force and exit")
     s.add_argument("--end", type=int, default=None, metavar="ID", help="end silence ID now")

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
-import argparse
 import signal
 import sys
 from pathlib import Path
 
-from machine_monitor.commands.common import add_channel_arg, add_model_arg, positive_float, resolve_model
+from machine_monitor.commands.common import (
+    DefaultsHelpFormatter,
+    add_channel_arg,
+    add_model_arg,
+    nonnegative_float,
+    positive_float,
+    positive_int,
+    resolve_model,
+)
 
+#: After Ctrl-C / SIGTERM, a running --on-alert command gets this long before it is killed.
+STOP_SECONDS = 3.0
 HELP = "listen to a machine through a microphone (or replay a file) and raise alerts"
 EPILOG = ("exit codes: 0 no alert episode, 1 at least one alert episode, 2 model/device/usage error, "
           "130 stopped by Ctrl-C or SIGTERM (the summary is printed first)")
@@ -17,7 +26,7 @@ EPILOG = ("exit codes: 0 no alert episode, 1 at least one alert episode, 2 model
 def register(sub) -> None:
     p = sub.add_parser("monitor", help=HELP, description=HELP + ". Events go to stdout and --alert-log, "
                        "a status line to stderr.", epilog=EPILOG,
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=DefaultsHelpFormatter)
     add_model_arg(p)
     src = p.add_argument_group("input")
     src.add_argument("--device", default=None, help="input device: index or part of its name (see `devices`); "
@@ -27,18 +36,20 @@ def register(sub) -> None:
     add_channel_arg(src)
     src.add_argument("--input", type=Path, default=None, metavar="FILE",
                      help="replay this audio file through the same loop instead of a microphone")
-    src.add_argument("--speed", type=float, default=1.0,
+    src.add_argument("--speed", type=nonnegative_float, default=1.0,
                      help="--input replay speed: 1 = real time, 0 = as fast as possible")
     w = p.add_argument_group("windows and alert policy")
     w.add_argument("--window", type=positive_float, default=None, metavar="S",
-                   help="seconds of audio scored at each hop (default: 2, or the model's clip length if shorter)")
+                   help="seconds of audio scored at each hop (default: one feature window of the model: for the "
+                   "default peak models their span, 10 s or the training clips' length; for frame models 2 s, or the "
+                   "clip length if shorter; the start-up line says what is used)")
     w.add_argument("--hop", type=positive_float, default=0.5, metavar="S",
                    help="seconds between windows (rounded to whole feature frames)")
-    w.add_argument("--k-of-n", type=int, nargs=2, default=(3, 5), metavar=("K", "N"),
+    w.add_argument("--k-of-n", type=positive_int, nargs=2, default=(3, 5), metavar=("K", "N"),
                    help="alert when K of the last N windows are anomalous")
-    w.add_argument("--quiet-period", type=float, default=30.0, metavar="S",
+    w.add_argument("--quiet-period", type=nonnegative_float, default=30.0, metavar="S",
                    help="an alert episode ends after S seconds without an anomalous window")
-    w.add_argument("--margin", type=float, default=None,
+    w.add_argument("--margin", type=nonnegative_float, default=None,
                    help="a window is anomalous above clip threshold + MARGIN * |threshold| instead of the model's "
                    "calibrated live level (default: the calibrated level)")
     w.add_argument("--false-alarms-per-day", type=positive_float, default=None, metavar="RATE",
@@ -64,7 +75,7 @@ def run(args) -> int:
 
     from machine_monitor.audio.sources import FileSource, LiveSource
     from machine_monitor.detectors.registry import load_detector
-    from machine_monitor.errors import ConfigError
+    from machine_monitor.errors import AudioReadError, ConfigError
     from machine_monitor.live.monitor import Monitor, StatusLine
     from machine_monitor.live.policy import AlertPolicy
     from machine_monitor.live.sinks import CommandRunner, ConsoleSink, EvidenceWriter, JsonlLog
@@ -90,6 +101,9 @@ def run(args) -> int:
              ConsoleSink(before=status.clear if status else None)] + ([runner] if runner else [])
     monitor = Monitor(det, source, policy=policy, sinks=sinks, window_seconds=args.window, hop_seconds=args.hop,
                       model_name=Path(model_dir).resolve().name, on_window=status)
+    if args.input is not None and source.seconds < monitor.window_seconds:
+        raise AudioReadError(f"{args.input}: is {source.seconds:.2f} s long, shorter than one "
+                             f"{monitor.window_seconds:.2f} s monitoring window: nothing to score")
 
     got = []
 
@@ -108,10 +122,13 @@ def run(args) -> int:
         for s, h in old.items():
             signal.signal(s, h)
         if runner is not None:
-            runner.close(timeout=runner.timeout)
+            # Stopped by a signal: a running --on-alert command gets a few seconds, then is killed.
+            runner.close(timeout=STOP_SECONDS if got else runner.timeout)
         if status is not None:
             status.clear()
     print(summary.describe())
     if got:
         return 130
+    if args.input is not None and summary.windows == 0:
+        raise AudioReadError(f"{args.input}: no window of it could be scored (silent or broken audio)")
     return 1 if summary.alerts else 0

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import argparse
 import signal
 import sys
 from pathlib import Path
 
-from machine_monitor.commands.common import add_channel_arg, positive_float
+from machine_monitor.commands.common import DefaultsHelpFormatter, add_channel_arg, positive_float
 
 HELP = "record numbered 16 kHz mono WAV clips from a microphone, for training"
 
 
 def register(sub) -> None:
     p = sub.add_parser("record", help=HELP, description=HELP + ". Ctrl-C keeps every clip, the last one "
-                       "shorter.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       "shorter.", formatter_class=DefaultsHelpFormatter)
     p.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="folder for the clips (created if missing)")
     p.add_argument("--seconds", type=positive_float, default=600.0, help="total recording time")
     p.add_argument("--clip", type=positive_float, default=10.0, help="length of each clip in seconds")

@@ -6,12 +6,22 @@ and :mod:`machine_monitor.reports.report` (the HTML report).
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
 from pathlib import Path
 
-from machine_monitor.commands.common import add_channel_arg, add_model_arg, positive_float, resolve_model
+from machine_monitor.commands.common import (
+    add_channel_arg,
+    add_model_arg,
+    check_output_file,
+    positive_float,
+    positive_int,
+    resolve_model,
+)
+
+log = logging.getLogger(__name__)
 
 HELP = "score audio files or folders with a trained detector"
 EPILOG = ("exit codes: 0 all files normal; 1 anomalies found; 2 at least one file could not be scored "
@@ -47,10 +57,10 @@ def register(sub) -> None:
     o.add_argument("--resume", action="store_true",
                    help="skip files already scored in --output (csv/jsonl) and add the rest; error rows are retried")
     o.add_argument("--report", metavar="HTML", help="also write a self-contained HTML report")
-    o.add_argument("--report-top", type=int, default=10, metavar="N",
+    o.add_argument("--report-top", type=positive_int, default=10, metavar="N",
                    help="spectrograms for the N worst anomalies in the report (default: 10)")
     w = p.add_argument_group("work")
-    w.add_argument("-j", "--workers", type=int, default=default_workers(), metavar="N",
+    w.add_argument("-j", "--workers", type=positive_int, default=default_workers(), metavar="N",
                    help="worker processes (each loads the model once, one BLAS/torch thread each); 1 = in this "
                    "process (default: the CPUs available, at most 8)")
     w.add_argument("--dask", metavar="ADDRESS",
@@ -68,12 +78,14 @@ def run(args) -> int:
     from machine_monitor.audio.io import find_audio_files
     from machine_monitor.detectors.registry import load_detector
     from machine_monitor.errors import ConfigError
-    from machine_monitor.scan import ScanOutput
+    from machine_monitor.scan import ScanOutput, chain_differences
 
     if args.resume and not args.output:
         raise ConfigError("--resume needs --output FILE (the scan to resume)")
     if args.workers < 1:
         raise ConfigError(f"--workers must be >= 1, not {args.workers}")
+    check_output_file(args.output, "--output")
+    check_output_file(args.report, "--report")
     model = resolve_model(args.model)
     det = load_detector(model, device="cpu")
     if args.channel is not None:
@@ -81,6 +93,9 @@ def run(args) -> int:
     files = [str(f) for f in find_audio_files(args.inputs, recursive=args.recursive)]
     if not files:
         raise ConfigError(f"no audio files in {', '.join(args.inputs)}")
+    warning = chain_differences(det, files)
+    if warning:
+        log.warning("%s", warning)
     output = ScanOutput(files, path=args.output, fmt=args.format, order=args.order, resume=args.resume)
     t0 = time.perf_counter()
     audio_s, interrupted = _scan(args, det, model, output)

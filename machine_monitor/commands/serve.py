@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
+
+from machine_monitor.commands.common import DefaultsHelpFormatter
 
 HELP = "monitor several machines as a service (machines.toml): alert lifecycle, event store, sinks"
 EPILOG = ("exit codes: 0 stopped or inputs ended without an alert, 1 inputs ended with alerts, 2 configuration, "
@@ -15,7 +16,7 @@ EPILOG = ("exit codes: 0 stopped or inputs ended without an alert, 1 inputs ende
 def register(sub) -> None:
     p = sub.add_parser("serve", help=HELP, description=HELP + ". See the README section "
                        "'Running on a factory PC' for the file's format.", epilog=EPILOG,
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=DefaultsHelpFormatter)
     p.add_argument("config", nargs="?", default=None, metavar="machines.toml", help="the service configuration")
     p.add_argument("--check", action="store_true",
                    help="validate the configuration (and load every model), then exit: 0 valid, 2 not")

@@ -162,6 +162,8 @@ class CommandRunner:
         self.runs = 0
         self.failures = 0
         self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
+        self._proc: subprocess.Popen | None = None  # the command running now
+        self._stopping = False
         self._thread = threading.Thread(target=self._work, name="on-alert", daemon=True)
         self._thread.start()
 
@@ -180,6 +182,10 @@ class CommandRunner:
             try:
                 if event is None:
                     return
+                if self._stopping:
+                    log.error("alert command %s: not run for the %s event: monitoring stopped", self.argv[0],
+                              event.event)
+                    continue
                 self._run(event)
             finally:
                 self._queue.task_done()
@@ -188,23 +194,53 @@ class CommandRunner:
         self.runs += 1
         env = {**os.environ, **event_environment(event)}
         try:
-            res = subprocess.run(self.argv, input=event.to_json() + "\n", text=True, env=env, stdout=sys.stderr,
-                                 timeout=self.timeout, check=False)
-        except subprocess.TimeoutExpired:
-            self.failures += 1
-            log.error("alert command %s: still running after %.0f s, killed", self.argv[0], self.timeout)
+            proc = self._proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, text=True, env=env,
+                                                 stdout=sys.stderr)
         except OSError as exc:
             self.failures += 1
             log.error("alert command %s: cannot run it: %s", self.argv[0], exc)
-        else:
-            if res.returncode != 0:
-                self.failures += 1
-                log.error("alert command %s: exit status %d", self.argv[0], res.returncode)
+            return
+        try:
+            proc.communicate(event.to_json() + "\n", timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            self.failures += 1
+            _kill(proc)
+            log.error("alert command %s: still running after %.0f s, killed", self.argv[0], self.timeout)
+        except (OSError, ValueError):  # stdin closed early, or the process was killed by close()
+            proc.wait()
+        finally:
+            self._proc = None
+        if proc.returncode != 0 and not self._stopping:
+            self.failures += 1
+            log.error("alert command %s: exit status %d", self.argv[0], proc.returncode)
 
     def close(self, timeout: float | None = None) -> None:
-        """Let queued commands finish (up to ``timeout`` seconds in all), then stop the worker."""
+        """Let queued commands finish (up to ``timeout`` seconds in all), then stop the worker.
+
+        A command still running after ``timeout`` is terminated (then killed), and queued
+        ones are not started: stopping the monitor (SIGTERM) takes seconds, not minutes.
+        """
         self._queue.put(None)
         self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._stopping = True
+            proc = self._proc
+            if proc is not None:
+                log.error("alert command %s: still running when monitoring stopped, terminated", self.argv[0])
+                _kill(proc)
+            self._thread.join(5.0)
+
+
+def _kill(proc: subprocess.Popen, grace: float = 2.0) -> None:
+    """SIGTERM, then SIGKILL after ``grace`` seconds."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 class ConsoleSink:
