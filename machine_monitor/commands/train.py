@@ -19,6 +19,7 @@ from machine_monitor.commands.common import (
     positive_int,
     torch_device,
 )
+from machine_monitor.detectors.registry import DEFAULT_KIND, DETECTOR_KINDS
 
 HELP = "train a detector on recordings of a machine running normally"
 
@@ -30,18 +31,22 @@ def register(sub) -> None:
     p.add_argument("-o", "--out", type=Path, help="model directory (default: models/<name from the folder>)")
     p.add_argument("-r", "--recursive", action="store_true", help="also look in subfolders")
     g = p.add_argument_group("detector")
-    g.add_argument("--detector", choices=("ae", "aegmm", "vaegmm", "ocsvm", "iforest"), default="ae",
-                   help="ae: autoencoder + scorer; aegmm/vaegmm: (variational) autoencoder + Gaussian mixture "
-                   "energy; ocsvm/iforest: one-class SVM / isolation forest on 1 s segment statistics")
+    g.add_argument("--detector", choices=tuple(DETECTOR_KINDS), default=DEFAULT_KIND,
+                   help="multiview: a bank of autoencoders on views of one log-mel (span peak, mean, std, "
+                   "stacked frames), fused on standardised scores; ae: one view, autoencoder + scorer; "
+                   "aegmm/vaegmm: (variational) autoencoder + Gaussian mixture energy; ocsvm/iforest: one-class "
+                   "SVM / isolation forest on 1 s segment statistics")
     g.add_argument("--post", choices=("hist-rf", "diff-rf", "iforest"), default=None,
                    help="post-classifier on the autoencoder's reconstruction difference (replaces --scorer): "
                    "random forest on difference histograms / vectors (needs --anomalies), or isolation forest "
                    "on difference histograms (default with --anomalies: hist-rf)")
     g.add_argument("--anomalies", nargs="+", metavar="DIR_OR_FILE",
                    help="labelled fault recordings for a supervised post-classifier")
-    g.add_argument("--features", choices=("peak", "logmel", "raw"), default=None,
+    g.add_argument("--features", choices=("peak", "logmel", "raw", "mean", "std"), default=None,
                    help="peak: per-band max of the log-mel over 10 s spans (ae default); logmel: 5 stacked "
-                   "log-mel frames (DCASE baseline; default of the other detectors); raw: 16 kHz waveform frames")
+                   "log-mel frames (DCASE baseline; default of the other detectors); raw: 16 kHz waveform frames; "
+                   "with multiview: that one view alone (peak, mean, std, or logmel = its frame member; "
+                   "default: all)")
     g.add_argument("--scorer", default=None,
                    help="window score on the reconstruction: mahalanobis (default) | mse")
     g.add_argument("--aggregate", default="mean", help="clip score from window scores: mean | max | median | pNN")
@@ -113,6 +118,16 @@ def _make_detector(args, ConfigError):
     """The detector the options ask for (unfitted)."""
     from machine_monitor.detectors.registry import make_detector
 
+    if args.detector == "multiview":
+        if args.post or args.anomalies or args.scorer:
+            raise ConfigError("--post, --anomalies and --scorer apply to --detector ae, not multiview")
+        from machine_monitor.detectors.multiview import members_for_features
+
+        tuning = {k: v for k, v in (("epochs", args.epochs), ("folds", args.folds)) if v is not None}
+        return make_detector("multiview", members=members_for_features(args.features), aggregate=args.aggregate,
+                             percentile=args.percentile, threshold_method=args.threshold_method,
+                             val_fraction=args.val_fraction, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                             device=args.device, channel=args.channel, progress=args.progress, **tuning)
     features = args.features or ("peak" if args.detector == "ae" else "logmel")
     common = dict(features=features, aggregate=args.aggregate, percentile=args.percentile,
                   threshold_method=args.threshold_method, val_fraction=args.val_fraction, seed=args.seed,

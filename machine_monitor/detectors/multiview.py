@@ -80,6 +80,19 @@ FRAME_CONTEXT = 5
 FRAME_STEP = 8
 FRAME_TRAIN_STEP = 4
 _LOG_FLOOR = 1e-9
+#: ``--features`` names of the single views (the frame member is the DCASE ``logmel`` front-end).
+_FEATURE_VIEWS = {"peak": "peak", "mean": "mean", "std": "std", "logmel": "frame", "frame": "frame"}
+
+
+def members_for_features(features: str | None) -> tuple[str, ...]:
+    """The members for a feature name: ``None`` = every view (the default), else that view alone."""
+    if features is None:
+        return VIEWS
+    try:
+        return (_FEATURE_VIEWS[features],)
+    except KeyError:
+        raise ConfigError(f"the multiview detector has no {features!r} view (views: peak, mean, std, "
+                          f"logmel)") from None
 
 
 def fuse(z: np.ndarray, rule: str = "max") -> np.ndarray:

@@ -23,7 +23,7 @@ DETECTOR_KINDS = {
     "multiview": "machine_monitor.detectors.multiview:MultiViewDetector",
 }
 #: The kind ``train`` uses unless told otherwise.
-DEFAULT_KIND = "ae"
+DEFAULT_KIND = "multiview"
 
 
 def detector_class(kind: str, *, source: object = "detector"):
