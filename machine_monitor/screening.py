@@ -12,8 +12,8 @@ MAD, so the odd clips cannot hide by moving the reference):
   a DC-coupled fault), or it has no AC signal at all;
 * **level**: its RMS level (dB) against the other clips';
 * **spectrum**: its mean power in 32 bands (dB) against the other clips', band by band;
-* **chain**: its file's sample rate or channel count differs from most clips' (a clip
-  from another microphone or recorder).
+* **chain**: its file's sample rate, channel count or coding (lossy OGG/MP3 against
+  lossless) differs from most clips' (a clip from another microphone or recorder).
 
 A clip is left out only when it is far outside the spread of the others (and by an
 absolute minimum, so near-identical synthetic clips do not make every small difference
@@ -56,6 +56,8 @@ SCALE_FLOOR_DB = 0.75
 DC_SHARE = 0.99
 #: A clip with this share of the clips (at least 1, at most 3) close to it is a mode, not odd.
 GROUP_SHARE = 0.05
+#: Formats that change the sound they store (a clip in one among lossless ones is another chain).
+LOSSY_FORMATS = {"OGG", "MP3", "MPEG"}
 #: Share of clips that may be left out; at or above it, training is refused.
 MAX_LEFT_OUT = 0.5
 
@@ -320,7 +322,10 @@ def screen_clips(stats: Sequence[ClipStats], *, min_keep: int = 2, refuse: bool 
         # Chain: a file recorded at another rate or channel count than most clips.
         chains = [(s.chain or {}).get("sample_rate") for s in stats]
         chans = [(s.chain or {}).get("channels") for s in stats]
-        for what, values, unit in (("sample rate", chains, " Hz"), ("channel count", chans, "")):
+        coding = [None if not (s.chain or {}).get("format") or s.chain["format"] == "array"
+                  else "lossy" if str(s.chain["format"]).upper() in LOSSY_FORMATS else "lossless" for s in stats]
+        for what, values, unit in (("sample rate", chains, " Hz"), ("channel count", chans, ""),
+                                   ("coding", coding, "")):
             known = [v for v in values if v is not None]
             if len(known) >= MIN_CLIPS_FOR_STATISTICS:
                 common, count = Counter(known).most_common(1)[0]

@@ -44,6 +44,8 @@ def test_clip_from_another_recording_chain_is_left_out():
     r = screen_clips(good() + [other])
     assert "sample rate 44100 Hz, most clips 16000 Hz" in reasons(r)["phone.ogg"]
     assert "channel count 2" in reasons(r)["phone.ogg"]
+    lossy = signal_stats(hum(2.0, seed=51), "same_mic.ogg", chain={**CHAIN, "format": "OGG"})
+    assert reasons(screen_clips(good() + [lossy]))["same_mic.ogg"].startswith("coding lossy, most clips lossless")
 
 
 def test_clip_with_another_spectrum_is_left_out_but_a_group_of_them_is_a_mode():
