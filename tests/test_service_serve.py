@@ -1,5 +1,6 @@
-"""`machine-monitor serve` end to end, as on a factory PC: two machines replaying files, one listening
-through PulseAudio's null sink (the real PortAudio path), one whose device does not exist; events
+"""`machine-monitor serve` end to end, as on a factory PC: two machines replaying files, two listening
+to the two channels of one interface (a stereo PulseAudio null sink: the real PortAudio path, one
+stream shared by both machines), one whose device does not exist; events
 checked in the store and in every sink (JSONL, webhook receiver, Mosquitto, Prometheus scraped over
 HTTP); `events`, `ack` and `silence` acting on the running service; SIGHUP reload; SIGTERM.
 """
@@ -13,12 +14,13 @@ import sys
 import time
 import urllib.request
 
+import numpy as np
 import pytest
 import soundfile as sf
 
 from machine_monitor.service.store import EventStore
 from tests.conftest import SR
-from tests.test_live_pulse import SINK, play, pulse  # noqa: F401 - fixture
+from tests.test_live_pulse import _pactl, pulse  # noqa: F401 - fixture
 from tests.test_service_sinks import (
     Mosquitto,
     Receiver,
@@ -80,18 +82,25 @@ token = "test-token"
 
 
 def test_serve_several_machines_to_every_sink_with_ack_silence_reload(pulse, tiny_model, tmp_path):  # noqa: F811
-    # Machine audio: "a" turns anomalous after 3 s, "b" stays normal, the microphone turns anomalous after 7 s.
+    # "a" turns anomalous after 3 s, "b" stays normal; on the interface, the left channel's machine turns
+    # anomalous after 9 s, the right one's stays normal.
     sf.write(tmp_path / "a.wav", machine_audio([("n", 3), ("a", 3), ("n", 6)], seed=10), SR)
     sf.write(tmp_path / "b.wav", machine_audio([("n", 12)], seed=20), SR)
     sf.write(tmp_path / "c.wav", machine_audio([("n", 1), ("a", 2), ("n", 1)], seed=40), SR)
-    sf.write(tmp_path / "mic.wav", machine_audio([("n", 9), ("a", 5), ("n", 10)], seed=30), SR, subtype="PCM_16")
+    stereo = np.stack([machine_audio([("n", 9), ("a", 5), ("n", 10)], seed=30),
+                       machine_audio([("n", 24)], seed=50)], axis=1)
+    sf.write(tmp_path / "interface.wav", stereo, SR, subtype="PCM_16")
+    module = _pactl(pulse, "load-module", "module-null-sink", "sink_name=mm_stereo", "rate=16000",
+                    "channels=2").strip()
+    env = {**pulse, "PULSE_SOURCE": "mm_stereo.monitor"}
     rx = Receiver().start()
     broker = Mosquitto(tmp_path).start()
     sub = Subscriber(broker.port, client_id="serve-sub")
     prom, dash = free_port(), free_port()
     machines = (machine_table("a", tiny_model, input="a.wav", speed=2)
                 + machine_table("b", tiny_model, input="b.wav", speed=2)
-                + machine_table("mic", tiny_model, device="pulse", samplerate=16000)
+                + machine_table("left", tiny_model, device="pulse", samplerate=16000, channel=0)
+                + machine_table("right", tiny_model, device="pulse", samplerate=16000, channel=1)
                 + machine_table("ghost", tiny_model, device="no-such-microphone"))
     text = config_text(tmp_path, tiny_model, hook_url=rx.url, mqtt_port=broker.port, prom_port=prom,
                        dash_port=dash, machines=machines)
@@ -99,10 +108,12 @@ def test_serve_several_machines_to_every_sink_with_ack_silence_reload(pulse, tin
     conf.write_text(text)
     # Planned maintenance on the microphone's machine, set before the service starts.
     store = EventStore(tmp_path / "events.db")
-    res = cli("silence", "-c", str(conf), "mic", "--for", "10m", "--reason", "test", "--who", "tester")
-    assert res.returncode == 0 and "silence 1: mic until" in res.stdout, res.stderr
-    player = play(pulse, tmp_path / "mic.wav")  # playing first: the service never hears the idle sink
-    proc = subprocess.Popen([sys.executable, "-m", "machine_monitor.cli", "serve", str(conf)], env=pulse,
+    res = cli("silence", "-c", str(conf), "left", "--for", "10m", "--reason", "test", "--who", "tester")
+    assert res.returncode == 0 and "silence 1: left until" in res.stdout, res.stderr
+    # Playing first: the service never hears the idle sink.
+    player = subprocess.Popen(["paplay", "--device=mm_stereo", str(tmp_path / "interface.wav")], env=pulse,
+                              stderr=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, "-m", "machine_monitor.cli", "serve", str(conf)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     try:
         def alert_of(machine):
@@ -124,7 +135,7 @@ def test_serve_several_machines_to_every_sink_with_ack_silence_reload(pulse, tin
         conf.write_text(text + machine_table("c", tiny_model, input="c.wav", speed=2))
         proc.send_signal(signal.SIGHUP)
         wait_for(lambda: alert_of("c"), 20, "the reloaded machine's alert")
-        wait_for(lambda: alert_of("mic"), 30, "the microphone's alert")
+        wait_for(lambda: alert_of("left"), 30, "the left channel's alert")
         wait_for(lambda: store.events(machine="a", kinds=["alert_end"]), 20, "a's alert to end")
         time.sleep(1.0)
         proc.send_signal(signal.SIGTERM)
@@ -134,19 +145,21 @@ def test_serve_several_machines_to_every_sink_with_ack_silence_reload(pulse, tin
         if proc.poll() is None:
             proc.kill()
         rx.stop()
+        _pactl(pulse, "unload-module", module, check=False)
     try:
         assert proc.returncode == 130, err
         assert "Traceback" not in err
         evs = store.events(limit=None)
-        kinds = {m: [e["event"] for e in evs if e["machine"] == m] for m in ("a", "b", "c", "mic", "ghost")}
+        kinds = {m: [e["event"] for e in evs if e["machine"] == m] for m in ("a", "b", "c", "left", "right", "ghost")}
         assert kinds["a"][0] == "alert" and kinds["a"][-1] == "alert_end" and "acknowledged" in kinds["a"]
         assert not [e for e in evs if e["event"] == "alert_repeat" and e["epoch"] > acked_at + 1.0
                     and e.get("alert_id") == alert["id"]]
-        assert kinds["b"] == []  # normal sound: not one event
+        assert kinds["b"] == [] and kinds["right"] == []  # normal sound: not one event
+        assert err.count("listening on") == 1 and "2 channel(s)" in err, err  # one stream for both channels
         assert kinds["c"][0] == "alert"
         assert kinds["ghost"][:1] == ["device_lost"]
-        mic_alert = next(e for e in evs if e["machine"] == "mic" and e["event"] == "alert")
-        assert mic_alert["silenced"] is True
+        left_alert = next(e for e in evs if e["machine"] == "left" and e["event"] == "alert")
+        assert left_alert["silenced"] is True
         assert {"service_started", "config_reloaded", "heartbeat", "service_stopped"} <= {e["event"] for e in evs}
         assert sf.info(alert["evidence"]).duration >= 1.0  # the audio that opened the alert
         # Every sink got every event it takes, once, in order.

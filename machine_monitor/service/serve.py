@@ -75,13 +75,13 @@ def limit_threads() -> None:
         sys.modules["torch"].set_num_threads(1)
 
 
-def make_source(m: MachineConfig):
-    """The audio source of a machine (a file replay or a PortAudio device)."""
-    from machine_monitor.audio.sources import FileSource, LiveSource
+def make_source(m: MachineConfig, hub):
+    """The audio source of a machine: a file replay, or its channel of a device the ``hub`` opens."""
+    from machine_monitor.audio.sources import FileSource
 
     if m.input is not None:
         return FileSource(m.input, speed=m.speed, channel=m.channel)
-    return LiveSource(m.device, channel=m.channel, samplerate=m.samplerate)
+    return hub.source(m.device, channel=m.channel, samplerate=m.samplerate)
 
 
 def write_evidence(directory: Path, machine: str, episode: int, epoch: float, audio: np.ndarray, sr: int) -> Path:
@@ -122,7 +122,8 @@ class MachineRunner:
         self.name = cfg.name
         self.detector = detector
         self.service = service
-        self.source = source if source is not None else make_source(cfg)
+        self.source = source if source is not None else make_source(cfg, service.hub)
+        self._generation = None
         self.backoff = backoff
         fc = detector.feature_config
         self.sr = fc.sr
@@ -218,6 +219,7 @@ class MachineRunner:
                 delay = min(2 * delay, longest)
                 continue
             self.error = None
+            self._generation = getattr(self.source, "generation", None)
             self._restart_segment()
             self._health("device_lost", False, f"opened {self.source.describe()}")
             return True
@@ -250,6 +252,10 @@ class MachineRunner:
                         break
                     continue
                 self.up = True
+                gen = getattr(self.source, "generation", None)
+                if gen != self._generation:  # the shared stream was re-opened: the audio has a gap
+                    self._generation = gen
+                    self._restart_segment()
                 self._feed(block)
         except Exception as exc:  # a bug or a broken model must not take the other machines down
             self.error = f"{type(exc).__name__}: {exc}"
@@ -335,6 +341,9 @@ class Service:
         self.store = EventStore(config.store, max_age_days=config.retention_days or None,
                                 max_events=config.max_events)
         self.detectors = detectors if detectors is not None else load_detectors(config)
+        from machine_monitor.service.inputs import DeviceHub
+
+        self.hub = DeviceHub()
         self.runners: dict[str, MachineRunner] = {}
         self.workers: dict[str, DeliveryWorker] = {}
         self._stop = threading.Event()
@@ -577,6 +586,7 @@ class Service:
             w.drain(max(0.0, end - time.monotonic()))
         for w in self.workers.values():
             w.stop()
+        self.hub.close()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
         if self._dashboard is not None:
