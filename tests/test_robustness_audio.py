@@ -216,3 +216,26 @@ def test_audio_is_read_without_threads_left_behind(tmp_path):
         src.read(timeout=0.05)
     src.stop()
     assert threading.active_count() == before
+
+
+def test_evidence_write_failure_says_why_and_where(tmp_path):
+    # A disk that fills up made libsndfile say only "System error". A file-size limit gives the
+    # same kind of failure (the kernel refuses the write) without filling a real disk.
+    import subprocess
+    import sys
+
+    code = f"""
+import resource, signal, numpy as np
+from machine_monitor.live.sinks import EvidenceWriter, Event
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))
+ev = Event.now("alert", model="pump", episode=1, stream_seconds=12.0)
+try:
+    EvidenceWriter(r"{tmp_path / 'evidence'}").handle(ev, np.zeros(16000, np.float32) + 0.1)
+except OSError as exc:
+    print("ERROR", exc)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout
+    assert out.startswith("ERROR [Errno 27] File too large: cannot write "), out
+    assert str(tmp_path / "evidence" / "pump_alert001_") in out and "32,044 bytes" in out and "free there" in out
+    assert not [p for p in (tmp_path / "evidence").iterdir()]  # no half-written file left
