@@ -120,5 +120,5 @@ def test_train_folds_option_sets_the_ensemble_size(recordings, tmp_path):
     clips = sorted((recordings / "normal").glob("*.wav"))[:6]
     for folds, expected in (("1", 1), ("3", 3)):
         out = tmp_path / f"m{folds}"
-        assert main(["train", *map(str, clips), "--out", str(out), "--folds", folds]) == 0
+        assert main(["train", *map(str, clips), "--out", str(out), "--detector", "ae", "--folds", folds]) == 0
         assert json.loads((out / "model.json").read_text())["network"]["ensemble"] == expected

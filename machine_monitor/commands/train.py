@@ -31,8 +31,9 @@ def register(sub) -> None:
     p.add_argument("-o", "--out", type=Path, help="model directory (default: models/<name from the folder>)")
     p.add_argument("-r", "--recursive", action="store_true", help="also look in subfolders")
     g = p.add_argument_group("detector")
-    g.add_argument("--detector", choices=tuple(DETECTOR_KINDS), default=DEFAULT_KIND,
-                   help="multiview: a bank of autoencoders on views of one log-mel (span peak, mean, std, "
+    g.add_argument("--detector", choices=tuple(DETECTOR_KINDS), default=None,
+                   help=f"default: {DEFAULT_KIND}, or ae with --post, --anomalies, --scorer or --features raw. "
+                   "multiview: a bank of autoencoders on views of one log-mel (span peak, mean, std, "
                    "stacked frames), fused on standardised scores; ae: one view, autoencoder + scorer; "
                    "aegmm/vaegmm: (variational) autoencoder + Gaussian mixture energy; ocsvm/iforest: one-class "
                    "SVM / isolation forest on 1 s segment statistics")
@@ -117,6 +118,9 @@ def run(args) -> int:
 def _make_detector(args, ConfigError):
     """The detector the options ask for (unfitted)."""
     from machine_monitor.detectors.registry import make_detector
+
+    if args.detector is None:  # options only the autoencoder kind has ask for it
+        args.detector = "ae" if (args.post or args.anomalies or args.scorer or args.features == "raw") else DEFAULT_KIND
 
     if args.detector == "multiview":
         if args.post or args.anomalies or args.scorer:

@@ -11,7 +11,6 @@ import os
 from pathlib import Path
 
 from machine_monitor.errors import ConfigError, ModelError
-from machine_monitor.persistence import MANIFEST, read_manifest
 
 #: kind -> "module:class". ``ae`` is also the kind of a model.json without a ``detector`` field.
 DETECTOR_KINDS = {
@@ -46,6 +45,8 @@ def make_detector(kind: str = DEFAULT_KIND, **params):
 
 def load_detector(path: str | os.PathLike, *, device: str | None = None):
     """Rebuild a fitted detector of whatever kind a verified model directory holds."""
+    from machine_monitor.persistence import MANIFEST, read_manifest  # numpy: not for `--help`
+
     root = Path(path)
     m = read_manifest(root)
     kind = m.get("detector", "ae")
