@@ -6,7 +6,10 @@ like ``det.score_signal(det.load_signal(path))``. A longer file is streamed
 length (``det.clip_seconds_``), each scored like a clip. Segments start every
 ``hop_seconds`` (default: one segment, so they do not overlap) and the last one is
 aligned to the end of the file so that no audio is left out. The file score is the
-**worst segment's** score: an hour of normal sound with one bad minute is flagged.
+**worst segment's** score: an hour of normal sound with one bad minute is flagged. It is
+judged against the model's long-file threshold for that many segments
+(``det.long_file_threshold(n)``, calibrated so a normal file is flagged at the clip rate
+whatever its length); the row's ``threshold`` is that value.
 
 A file that cannot be used (missing, not audio, empty, too short, NaN, silent) is a
 row with its one-line error; the scan goes on. Digitally silent segments inside a
@@ -16,6 +19,7 @@ long file (the machine was off) are skipped; a file with no sound at all is an e
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -49,6 +53,7 @@ class ScanRow:
     n_segments: int = 0
     n_anomalous: int = 0
     error: str | None = None
+    members: dict | None = None  # multi-view models: each member's standardised score (worst segment)
     index: int = -1  # position in the input list (not written out)
 
     @property
@@ -61,11 +66,13 @@ class ScanRow:
             return "error"
         return "ANOMALY" if self.anomalous else "normal"
 
-    def to_record(self) -> dict:
-        """A flat dict for CSV/JSONL (``RECORD_FIELDS`` order)."""
+    def to_record(self, *, flat: bool = False) -> dict:
+        """A dict for CSV/JSONL (``RECORD_FIELDS`` order); ``flat``: ``members`` as a JSON string (CSV)."""
+        members = json.dumps(self.members) if flat and self.members is not None else self.members
         return {"path": self.path, "score": self.score, "threshold": self.threshold, "verdict": self.verdict,
                 "anomalous_windows": self.n_anomalous, "windows": self.n_segments,
-                "worst_offset_s": self.worst_offset, "duration_s": self.duration, "error": self.error}
+                "worst_offset_s": self.worst_offset, "duration_s": self.duration, "error": self.error,
+                "members": members}
 
     @classmethod
     def from_record(cls, rec: dict) -> ScanRow:
@@ -77,7 +84,9 @@ class ScanRow:
                    duration=num(rec.get("duration_s")), worst_offset=num(rec.get("worst_offset_s")),
                    n_segments=num(rec.get("windows"), int) or 0,
                    n_anomalous=num(rec.get("anomalous_windows"), int) or 0,
-                   error=rec.get("error") or None)
+                   error=rec.get("error") or None,
+                   members=json.loads(rec["members"]) if isinstance(rec.get("members"), str) and rec["members"]
+                   else rec.get("members") or None)
 
 
 RECORD_FIELDS = tuple(ScanRow("", 0.0).to_record())
@@ -159,7 +168,8 @@ def score_file(det, path: str | os.PathLike, *, segment_seconds: float | None = 
             seconds_in = 0.0
         if seconds_in * sr <= WHOLE_FILE_TOLERANCE * segment:
             y = det.load_signal(path)
-            row.score, row.duration = det.score_signal(y), y.size / sr
+            row.score, row.members = _score(det, y)
+            row.duration = y.size / sr
             row.worst_offset, row.n_segments, row.n_anomalous = 0.0, 1, int(row.score > row.threshold)
         else:
             _score_segments(det, path, row, segment=segment, hop=hop)
@@ -172,6 +182,12 @@ def score_file(det, path: str | os.PathLike, *, segment_seconds: float | None = 
         row.score = row.worst_offset = None
         row.n_segments = row.n_anomalous = 0
     return row
+
+
+def _score(det, y: np.ndarray) -> tuple[float, dict | None]:
+    """A clip score, and each member's standardised score when the detector has members."""
+    score_members = getattr(det, "score_members", None)
+    return score_members(y) if score_members is not None else (det.score_signal(y), None)
 
 
 def _score_segments(det, path, row: ScanRow, *, segment: int, hop: int) -> None:
@@ -187,14 +203,19 @@ def _score_segments(det, path, row: ScanRow, *, segment: int, hop: int) -> None:
         except SilentAudioError as exc:
             silent = exc  # the machine was off for a while: nothing to judge there
             continue
-        s = det.score_signal(y)
+        s, members = _score(det, y)
         n += 1
         n_bad += s > thr
         if s > best:
-            best, best_at = s, start
+            best, best_at, row.members = s, start, members
     if n == 0:
         if silent is not None:
             raise SilentAudioError(f"{path}: is digitally silent (no sample above -96 dBFS)")
         raise AudioReadError(f"{path}: contains no audio samples")
     row.score, row.worst_offset = float(best), best_at / cfg.sr
     row.n_segments, row.n_anomalous, row.duration = n, int(n_bad), total / cfg.sr
+    # The worst of n segments is judged against the threshold calibrated for n of them (the clip
+    # threshold would flag long normal files: a maximum grows with the number of segments).
+    long_file = getattr(det, "long_file_threshold", None)
+    if long_file is not None:
+        row.threshold = float(long_file(n))

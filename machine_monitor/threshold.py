@@ -26,14 +26,12 @@ it expects:
     code the monitor runs). The level is set for a target number of false alerts per
     day (:func:`live_calibration`): the out-of-fold window-score streams of the
     training audio are reduced to ``M_t``, the k-th largest of the last ``n`` window
-    scores (an alert can open at ``t`` only if ``M_t`` exceeds the level); a gamma
-    fitted to all ``M_t`` gives ``P(M > L)``, and the extremal index ``theta`` (alert
-    episodes per window with ``M`` above a level, counted by running the alert
-    logic on the streams at the highest level that still gives a handful of
-    episodes) turns it into alerts per window: ``rate(L) = theta * P(M > L) *
-    windows per day``. The level solves ``rate(L) = target``. The gamma's tail is
-    the extrapolation beyond the audio available; the counts it rests on are
-    recorded.
+    scores (an alert can open at ``t`` only if ``M_t`` exceeds the level), then to the
+    maxima of ``M`` over blocks one window long (blocks share no audio); a gamma fitted
+    to the block maxima, counting at most one alert per block, gives ``alerts per day =
+    P(block max > L) * blocks per day``, and the level solves it for the target. The
+    gamma's tail is the extrapolation beyond the audio available; the number of blocks
+    it rests on is recorded.
 
 Also here: the machine's level profile (:func:`level_profile`) that lets the monitor
 tell a stopped machine (sound far quieter than any training audio) from an anomaly.
@@ -60,6 +58,10 @@ DEFAULT_FALSE_ALARMS_PER_DAY = 0.1
 MIN_SCORES = 10
 #: Less normal audio than this (seconds) is thin evidence for a live alert level.
 MIN_AUDIO_SECONDS = 300.0
+#: Thresholds are upper confidence bounds: the target rate holds with this confidence given the evidence's size.
+DEFAULT_CONFIDENCE = 0.9
+#: Parametric-bootstrap refits behind a confidence bound.
+N_BOOTSTRAP = 400
 #: Default number of out-of-fold splits (fewer when there are fewer groups).
 DEFAULT_FOLDS = 5
 #: A window this many dB below the quietest 1 % of training audio means the machine is stopped.
@@ -98,8 +100,7 @@ def percentile_threshold(scores, *, percentile: float = DEFAULT_PERCENTILE) -> d
     """Threshold at the ``percentile`` of normal scores (linear interpolation)."""
     p = _check_percentile(percentile)
     s = _finite(scores)
-    return {"method": "percentile", "percentile": p, "value": float(np.percentile(s, p)), "n_scores": int(s.size),
-            "n": int(s.size), "expected_false_alarm_rate": 1.0 - p / 100.0}
+    return {"method": "percentile", "percentile": p, "value": float(np.percentile(s, p)), "n_scores": int(s.size)}
 
 
 def contamination_threshold(scores, *, contamination: float) -> dict:
@@ -114,13 +115,24 @@ def contamination_threshold(scores, *, contamination: float) -> dict:
         "percentile": 100.0 * (1.0 - c),
         "value": float(np.percentile(s, 100.0 * (1.0 - c))),
         "n_scores": int(s.size),
-        "n": int(s.size),
     }
 
 
 # --------------------------------------------------------------------------------------
 # the tail model: a gamma distribution fitted by maximum likelihood
 # --------------------------------------------------------------------------------------
+def _gamma_mle(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Maximum-likelihood gamma shape and scale of each row of ``x`` (> 0): Minka's start + 3 Newton steps."""
+    from scipy.special import digamma, polygamma
+
+    m = x.mean(axis=-1)
+    s = np.maximum(np.log(m) - np.log(x).mean(axis=-1), 1e-12)
+    a = (3 - s + np.sqrt((s - 3) ** 2 + 24 * s)) / (12 * s)
+    for _ in range(3):
+        a = np.maximum(a - (np.log(a) - digamma(a) - s) / (1 / a - polygamma(1, a)), 1e-6)
+    return a, m / a
+
+
 @dataclasses.dataclass(frozen=True)
 class GammaTail:
     """A gamma distribution fitted to scores shifted to positive support.
@@ -129,6 +141,11 @@ class GammaTail:
     before it is evaluated; ``n`` scores were fitted. With fewer than 3 distinct
     scores no distribution can be fitted: ``shape`` is NaN and quantiles fall back
     to the largest score seen (``max_score``), which says nothing beyond it.
+
+    ``boot_shape`` / ``boot_scale``: refits of the gamma to samples of size ``n_eff``
+    drawn from the fitted one (parametric bootstrap, seeded); :meth:`isf` with a
+    ``confidence`` returns that quantile of their quantiles: a threshold exceeded at
+    most at the rate asked, with that confidence, given how few scores there were.
     """
 
     shape: float
@@ -136,9 +153,12 @@ class GammaTail:
     shift: float
     n: int
     max_score: float
+    n_eff: int = 0
+    boot_shape: tuple = ()
+    boot_scale: tuple = ()
 
     @classmethod
-    def fit(cls, scores) -> GammaTail:
+    def fit(cls, scores, *, n_eff: int | None = None, n_boot: int = N_BOOTSTRAP, seed: int = 0) -> GammaTail:
         from scipy import stats
 
         s = _finite(scores)
@@ -151,23 +171,40 @@ class GammaTail:
             a, _, scale = stats.gamma.fit(s - shift, floc=0.0)
         if not (np.isfinite(a) and np.isfinite(scale) and a > 0 and scale > 0):
             return cls(float("nan"), float("nan"), 0.0, int(s.size), float(s.max()))
-        return cls(float(a), float(scale), float(shift), int(s.size), float(s.max()))
+        ne = int(max(3, min(s.size, n_eff or s.size)))
+        boot_a, boot_s = (), ()
+        if n_boot:
+            x = np.random.default_rng(seed).gamma(a, scale, size=(int(n_boot), ne))
+            ba, bs = _gamma_mle(np.maximum(x, 1e-300))
+            ok = np.isfinite(ba) & np.isfinite(bs) & (ba > 0) & (bs > 0)
+            boot_a, boot_s = tuple(float(v) for v in ba[ok]), tuple(float(v) for v in bs[ok])
+        return cls(float(a), float(scale), float(shift), int(s.size), float(s.max()), ne, boot_a, boot_s)
 
     @property
     def fitted(self) -> bool:
         return bool(np.isfinite(self.shape))
 
-    def isf(self, p: float) -> float:
-        """The score exceeded with probability ``p`` (inverse survival function)."""
+    def isf(self, p: float, *, confidence: float | None = None) -> float:
+        """The score exceeded with probability ``p`` (inverse survival function).
+
+        ``confidence``: the upper confidence bound of that score (bootstrap), so that the
+        true exceedance probability is at most ``p`` with this confidence.
+        """
         from scipy import stats
 
         if not self.fitted:
             return self.max_score
         p = min(max(float(p), 1e-300), 1.0)
-        return float(stats.gamma.isf(p, self.shape, scale=self.scale)) + self.shift
+        point = float(stats.gamma.isf(p, self.shape, scale=self.scale))
+        if confidence and self.boot_shape:
+            boot = stats.gamma.isf(p, np.asarray(self.boot_shape), scale=np.asarray(self.boot_scale))
+            boot = boot[np.isfinite(boot)]
+            if boot.size:
+                point = max(point, float(np.quantile(boot, float(confidence))))
+        return point + self.shift
 
     def sf(self, x) -> np.ndarray:
-        """Probability that a score exceeds ``x``."""
+        """Probability that a score exceeds ``x`` (point estimate)."""
         from scipy import stats
 
         x = np.asarray(x, dtype=np.float64)
@@ -176,11 +213,19 @@ class GammaTail:
         return stats.gamma.sf(x - self.shift, self.shape, scale=self.scale)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """JSON-safe (an unfitted shape and scale are ``None``; bootstrap refits as lists)."""
+        d = dataclasses.asdict(self)
+        d["boot_shape"], d["boot_scale"] = list(self.boot_shape), list(self.boot_scale)
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
 
     @classmethod
     def from_dict(cls, d: dict) -> GammaTail:
-        return cls(float(d["shape"]), float(d["scale"]), float(d["shift"]), int(d["n"]), float(d["max_score"]))
+        def num(v):
+            return float("nan") if v is None else float(v)
+
+        return cls(num(d["shape"]), num(d["scale"]), num(d["shift"]), int(d["n"]), float(d["max_score"]),
+                   int(d.get("n_eff", 0)), tuple(float(v) for v in d.get("boot_shape", ())),
+                   tuple(float(v) for v in d.get("boot_scale", ())))
 
 
 def gamma_threshold(scores, *, percentile: float = DEFAULT_PERCENTILE) -> dict:
@@ -189,11 +234,9 @@ def gamma_threshold(scores, *, percentile: float = DEFAULT_PERCENTILE) -> dict:
     tail = GammaTail.fit(scores)
     if not tail.fitted:
         out = percentile_threshold(scores, percentile=p)
-        return {**out, "note": f"gamma fit needs 3+ distinct scores, had {tail.n}",
-                "expected_false_alarm_rate": None}
+        return {**out, "note": f"gamma fit needs 3+ distinct scores, had {tail.n}"}
     value = tail.isf(1.0 - min(p, 99.9999) / 100.0)
-    return {"method": "gamma", "percentile": p, "value": value, "n_scores": tail.n, "n": tail.n,
-            "expected_false_alarm_rate": 1.0 - p / 100.0,
+    return {"method": "gamma", "percentile": p, "value": value, "n_scores": tail.n,
             "gamma": {"shape": tail.shape, "scale": tail.scale, "shift": tail.shift}}
 
 
@@ -339,8 +382,13 @@ def kth_of_last_n(scores, *, k: int, n: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------
 # the decision units
 # --------------------------------------------------------------------------------------
-def clip_calibration(clip_scores, *, rate: float = DEFAULT_CLIP_FALSE_ALARM_RATE, groups=None) -> dict:
+def clip_calibration(clip_scores, *, rate: float = DEFAULT_CLIP_FALSE_ALARM_RATE, groups=None,
+                     confidence: float = DEFAULT_CONFIDENCE) -> dict:
     """The clip threshold: ``1 - rate`` quantile of a gamma fitted to out-of-fold clip scores.
+
+    The quantile is its upper ``confidence`` bound (parametric bootstrap of the gamma
+    fit): with 20-50 scores the point estimate of a 99th percentile is exceeded by
+    fresh normal clips far more often than 1 % of the time.
 
     Parameters
     ----------
@@ -350,6 +398,8 @@ def clip_calibration(clip_scores, *, rate: float = DEFAULT_CLIP_FALSE_ALARM_RATE
         Share of normal clips expected above the threshold.
     groups : sequence or None
         Each score's group, for the spread-across-groups check.
+    confidence : float
+        The rate holds with this confidence (0: the point estimate).
 
     Returns
     -------
@@ -362,7 +412,7 @@ def clip_calibration(clip_scores, *, rate: float = DEFAULT_CLIP_FALSE_ALARM_RATE
     tail = GammaTail.fit(s)
     warnings = []
     if tail.fitted:
-        value, method = tail.isf(rate), "gamma"
+        value, method = tail.isf(rate, confidence=confidence), "gamma"
     else:
         value, method = float(s.max()), "max"
         warnings.append(f"the clip threshold is the largest of {s.size} scores: no distribution can be "
@@ -370,8 +420,9 @@ def clip_calibration(clip_scores, *, rate: float = DEFAULT_CLIP_FALSE_ALARM_RATE
     if s.size < MIN_SCORES:
         warnings.append(f"the clip threshold rests on only {s.size} out-of-fold clip scores (fewer than "
                         f"{MIN_SCORES}): its false-alarm rate is a guess; train on more recordings")
-    out = {"value": float(value), "method": method, "n": int(s.size),
-           "expected_false_alarm_rate": rate, "observed_false_alarm_rate": float(np.mean(s > value)),
+    out = {"value": float(value), "method": method, "n": int(s.size), "confidence": float(confidence),
+           "expected_false_alarm_rate": rate, "point_estimate_rate": float(tail.sf(value)),
+           "observed_false_alarm_rate": float(np.mean(s > value)),
            "gamma": tail.to_dict(), "warnings": warnings}
     if groups is not None:
         out["warnings"] += group_spread_warnings(np.asarray(clip_scores, dtype=np.float64), groups, rate)
@@ -413,11 +464,12 @@ def worst_window_threshold(calibration: dict, n_windows: int) -> float:
     tail = GammaTail.from_dict(calibration["gamma"])
     rate = float(calibration["expected_false_alarm_rate"])
     per_window = -math.expm1(math.log1p(-rate) / n)
-    return max(tail.isf(per_window), float(calibration.get("floor", -math.inf)))
+    value = tail.isf(per_window, confidence=calibration.get("confidence"))
+    return max(value, float(calibration.get("floor", -math.inf)))
 
 
 def long_file_calibration(window_scores, *, rate: float = DEFAULT_CLIP_FALSE_ALARM_RATE,
-                          floor: float | None = None) -> dict:
+                          floor: float | None = None, confidence: float = DEFAULT_CONFIDENCE) -> dict:
     """The worst-window calibration: a gamma fitted to out-of-fold scan-window scores.
 
     ``floor``: the thresholds never go below it (the clip threshold: a long file
@@ -427,7 +479,7 @@ def long_file_calibration(window_scores, *, rate: float = DEFAULT_CLIP_FALSE_ALA
     s = _finite(window_scores)
     tail = GammaTail.fit(s)
     out = {"method": "gamma, family-wise over n windows", "n": int(s.size), "expected_false_alarm_rate": rate,
-           "gamma": tail.to_dict(), "warnings": []}
+           "confidence": float(confidence), "gamma": tail.to_dict(), "warnings": []}
     if floor is not None:
         out["floor"] = float(floor)
     if s.size < MIN_SCORES:
@@ -492,9 +544,48 @@ class AlertRule:
         return SECONDS_PER_DAY / self.hop_seconds
 
 
+def block_maxima(streams: Sequence, rule: AlertRule, *, block: int) -> np.ndarray:
+    """The k-th-of-n statistic's maximum over blocks of ``block`` windows of each stream.
+
+    ``block`` = the windows that share audio (window / hop), so consecutive blocks cover
+    disjoint audio. A stream too short for one block counts as one; a stream too short
+    for the rule (fewer than ``k`` windows) contributes its largest window score (its
+    windows overlap almost wholly: ``k`` of them above a level is about one above it).
+    """
+    block = max(1, int(block))
+    out = []
+    for s in streams:
+        s = np.asarray(s, dtype=np.float64)
+        if s.size == 0:
+            continue
+        if s.size < rule.k:
+            out.append(float(s.max()))
+            continue
+        m = kth_of_last_n(s, k=rule.k, n=rule.n)[rule.k - 1:]
+        n_full = m.size // block
+        if n_full == 0:
+            out.append(float(m.max()))
+            continue
+        out += m[: n_full * block].reshape(n_full, block).max(axis=1).tolist()
+        rest = m[n_full * block:]
+        if rest.size * 2 >= block:  # a last partial block of at least half a block counts too
+            out.append(float(rest.max()))
+    return np.asarray(out, dtype=np.float64)
+
+
 def live_calibration(streams: Sequence, rule: AlertRule, *,
-                     false_alarms_per_day: float = DEFAULT_FALSE_ALARMS_PER_DAY, min_episodes: int = 5) -> dict:
+                     false_alarms_per_day: float = DEFAULT_FALSE_ALARMS_PER_DAY, block: int = 1,
+                     confidence: float = 0.0, audio_seconds: float | None = None) -> dict:
     """The live window level for ``rule`` and a target rate of false alerts per day.
+
+    Block maxima: the out-of-fold window-score streams are reduced to ``M_t``, the k-th
+    largest of the last ``n`` window scores (an alert can open at ``t`` only if ``M_t``
+    exceeds the level), and ``M`` to its maximum over blocks of ``block`` windows (one
+    window length of audio, so blocks do not share audio). A gamma fitted to the block
+    maxima gives ``P(block max > L)``; counting at most one alert per block (an alert
+    that spans blocks is counted in each: conservative),
+    ``alerts per day = P(block max > L) * blocks per day``. The level solves it for the
+    target; the gamma's tail is the extrapolation beyond the audio available.
 
     Parameters
     ----------
@@ -504,71 +595,58 @@ def live_calibration(streams: Sequence, rule: AlertRule, *,
     rule : AlertRule
     false_alarms_per_day : float
         Target false alerts per day of monitoring normal sound.
-    min_episodes : int
-        The extremal index is measured at the highest level that still opens at
-        least this many alert episodes on the streams.
+    block : int
+        Windows per block: the windows that share audio (window length / hop).
+    confidence : float
+        0 (default): the point estimate; else the level's upper confidence bound.
+    audio_seconds : float or None
+        Seconds of audio the streams come from (default: windows x hop).
 
     Returns
     -------
-    dict with ``value`` (the window level), ``method``, ``n_windows``, ``audio_seconds``,
-    ``theta``, ``expected_false_alarms_per_day`` (the model's rate at ``value``),
-    ``observed_alerts`` (episodes on the streams at ``value``), ``gamma`` (fit of ``M_t``),
-    ``rule`` and ``warnings``.
+    dict with ``value`` (the window level), ``method``, ``n`` (block maxima it rests on),
+    ``n_windows``, ``audio_seconds``, ``expected_false_alarms_per_day`` (the model's rate at
+    ``value``), ``observed_alerts`` (episodes :class:`AlertCounter` opens on the streams
+    at ``value``), ``gamma``, ``rule``, ``block`` and ``warnings``.
     """
     target = float(false_alarms_per_day)
     if not target > 0:
         raise ConfigError(f"false alarms per day must be > 0, not {false_alarms_per_day!r}")
     streams = [np.asarray(s, dtype=np.float64) for s in streams if np.size(s)]
     streams = [s[np.isfinite(s)] for s in streams]
+    streams = [s for s in streams if s.size]
     n_windows = int(sum(s.size for s in streams))
     if n_windows == 0:
         raise ConfigError("cannot set a live alert level from zero window scores")
-    m = np.concatenate([kth_of_last_n(s, k=rule.k, n=rule.n) for s in streams])
-    m = m[np.isfinite(m)]
+    block = max(1, int(block))
+    maxima = block_maxima(streams, rule, block=block)
     warnings = []
-    audio = n_windows * rule.hop_seconds
-    if m.size < MIN_SCORES:
-        warnings.append(f"the live alert level rests on only {m.size} windows: its alert rate is a guess")
+    audio = float(audio_seconds) if audio_seconds is not None else n_windows * rule.hop_seconds
+    if maxima.size < MIN_SCORES:
+        warnings.append(f"the live alert level rests on only {maxima.size} blocks of audio one window long: its "
+                        "alert rate is a guess")
     if audio < MIN_AUDIO_SECONDS:
         warnings.append(f"only {audio / 60:.1f} min of normal audio: false alerts per day are extrapolated "
                         "far beyond it; train on more minutes")
-    tail = GammaTail.fit(m if m.size else np.concatenate(streams))
-
-    def episodes(level: float) -> int:
-        return sum(count_alerts(s, level, k=rule.k, n=rule.n, quiet_windows=rule.quiet_windows) for s in streams)
-
-    # Extremal index: alert episodes per window with M above a level, at the highest level (of a
-    # grid of upper quantiles) that still opens min_episodes episodes; the lowest one otherwise.
-    theta, theta_level, theta_episodes = 1.0, float("nan"), 0
-    if m.size:
-        for q in (0.95, 0.9, 0.8, 0.7, 0.5):
-            u = float(np.quantile(m, q))
-            e, x = episodes(u), int(np.sum(m > u))
-            if x > 0:
-                theta, theta_level, theta_episodes = min(1.0, e / x), u, e
-            if e >= min_episodes:
-                break
-        if theta_episodes < min_episodes:
-            warnings.append(f"the streams open only {theta_episodes} alert episodes even at their median: "
-                            "the extremal index is rough, taken as " + f"{theta:.3g}")
-    theta = max(theta, 1e-3)
-    per_window = target / (theta * rule.windows_per_day)
-    value = tail.isf(min(per_window, 1.0))
-    expected = float(theta * tail.sf(value) * rule.windows_per_day)
-    observed = episodes(value)
-    return {"value": float(value), "method": "gamma tail of the k-th largest of n window scores x extremal index",
-            "n_windows": n_windows, "n": int(m.size), "n_streams": len(streams), "audio_seconds": float(audio),
-            "theta": float(theta), "theta_level": theta_level, "theta_episodes": int(theta_episodes),
+    tail = GammaTail.fit(maxima)
+    blocks_per_day = rule.windows_per_day / block
+    per_block = min(target / blocks_per_day, 1.0)
+    value = tail.isf(per_block, confidence=confidence)
+    expected = float(tail.sf(value) * blocks_per_day)
+    observed = sum(count_alerts(s, value, k=rule.k, n=rule.n, quiet_windows=rule.quiet_windows) for s in streams)
+    return {"value": float(value), "method": "gamma fitted to block maxima of the k-th largest of n window scores",
+            "n": int(maxima.size), "n_windows": n_windows, "n_streams": len(streams), "audio_seconds": float(audio),
+            "block": block, "confidence": float(confidence),
             "target_false_alarms_per_day": target, "expected_false_alarms_per_day": expected,
             "observed_alerts": int(observed), "gamma": tail.to_dict(),
             "rule": dataclasses.asdict(rule), "warnings": warnings}
 
 
 def expected_alerts_per_day(calibration: dict, level: float) -> float:
-    """The live model's false alerts per day at another window ``level`` (same rule)."""
+    """The live model's false alerts per day at another window ``level`` (same rule and blocks)."""
     tail = GammaTail.from_dict(calibration["gamma"])
     rule = AlertRule(**calibration["rule"])
-    return float(calibration["theta"] * tail.sf(level) * rule.windows_per_day)
+    return float(tail.sf(level) * rule.windows_per_day / calibration["block"])
 
 
 # --------------------------------------------------------------------------------------

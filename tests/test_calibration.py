@@ -43,6 +43,17 @@ def test_clip_threshold_keeps_its_false_alarm_rate_on_fresh_normal_scores(seed):
     assert not cal["warnings"]
 
 
+def test_the_confidence_bound_sits_above_the_point_estimate_and_more_so_with_fewer_scores():
+    rng = np.random.default_rng(7)
+    big, small = _normal_scores(rng, 400), _normal_scores(rng, 15)
+    margin = []
+    for s in (big, small):
+        bound, point = clip_calibration(s)["value"], clip_calibration(s, confidence=0)["value"]
+        assert bound > point
+        margin.append(bound / point)
+    assert margin[1] > margin[0]
+
+
 def test_clip_threshold_from_few_scores_warns_loudly():
     cal = clip_calibration(_normal_scores(np.random.default_rng(0), 6))
     assert cal["n"] == 6
@@ -116,21 +127,23 @@ def test_live_level_gives_about_the_target_alerts_per_day_on_a_long_normal_strea
     rule = AlertRule(k=3, n=5, quiet_windows=20, hop_seconds=0.5)
     # 40 min of training audio in 8 stretches; target 100 false alerts a day (so a few days show it).
     train = [_overlapping_stream(rng, 600) for _ in range(8)]
-    cal = live_calibration(train, rule, false_alarms_per_day=100.0)
+    cal = live_calibration(train, rule, false_alarms_per_day=100.0, block=20)
     assert cal["n_windows"] == 4800 and cal["audio_seconds"] == 2400.0
     days = 4
     fresh = _overlapping_stream(rng, int(days * rule.windows_per_day))
     per_day = count_alerts(fresh, cal["value"], k=3, n=5, quiet_windows=20) / days
     assert 100 / 3 <= per_day <= 100 * 3, f"target 100/day, measured {per_day:.0f}/day"
-    # The level a single-window rule would need for that rate sits lower: k-of-n buys margin.
     assert cal["expected_false_alarms_per_day"] == pytest.approx(100.0, rel=1e-3)
+    assert cal["n"] == 8 * 30  # block maxima of M (598 values a stream) over 20-window blocks: no shared audio
+    bound = live_calibration(train, rule, false_alarms_per_day=100.0, block=20, confidence=0.9)
+    assert bound["value"] > cal["value"]
 
 
 def test_live_level_rises_as_the_target_rate_falls():
     rng = np.random.default_rng(4)
     rule = AlertRule(k=3, n=5, quiet_windows=60, hop_seconds=0.512)
     train = [_overlapping_stream(rng, 700) for _ in range(3)]
-    levels = [live_calibration(train, rule, false_alarms_per_day=r)["value"] for r in (10, 1, 0.1, 0.01)]
+    levels = [live_calibration(train, rule, false_alarms_per_day=r, block=20)["value"] for r in (10, 1, 0.1, 0.01)]
     assert levels == sorted(levels)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 
+import numpy as np
 import pytest
 
 from machine_monitor import Detector
@@ -23,17 +24,31 @@ def model(demo_model, tmp_path):
     return shutil.copytree(demo_model, tmp_path / "demo")
 
 
-def test_rethreshold_on_fresh_normal_recordings_saves_the_model_in_place(model, recordings, capsys):
+def test_recalibrate_on_fresh_normal_recordings_saves_the_model_in_place(model, recordings, capsys):
     normals = sorted((recordings / "test").glob("normal_*.wav"))
     before = Detector.load(model)
+    assert main(["threshold", "--model", str(model), "--false-alarms-per-day", "1", *map(str, normals)]) == 0
+    after = Detector.load(model)  # hashes were rewritten: it loads
+    cal = after.calibration_
+    # The model never heard these recordings: it scores them itself, no folds needed.
+    assert "never heard" in cal["how"] and cal["n_recordings"] == len(normals)
+    assert after.threshold_["n"] == len(normals) and after.threshold_["method"] == "gamma"
+    assert cal["live"]["target_false_alarms_per_day"] == 1.0
+    assert before.calibration_["live"]["target_false_alarms_per_day"] == 0.1
+    out = capsys.readouterr()
+    assert "clip threshold" in out.out and "live alerts" in out.out
+    assert "only 6" in out.err  # six recordings are thin evidence, and it says so
+
+
+def test_percentile_recalibration_is_that_percentile_of_the_fresh_scores(model, recordings, capsys):
+    normals = sorted((recordings / "test").glob("normal_*.wav"))
+    scores = Detector.load(model).score(normals)
     assert main(["threshold", "--model", str(model), "--method", "percentile", "--percentile", "50",
                  *map(str, normals)]) == 0
-    after = Detector.load(model)  # hashes were rewritten: it loads
-    scores = before.score(normals)
-    assert after.threshold_["method"] == "percentile" and after.threshold_["n_scores"] == len(normals)
-    assert after.threshold_value_ == pytest.approx(float(sorted(scores)[2] + sorted(scores)[3]) / 2)
-    out = capsys.readouterr().out
-    assert "threshold" in out and "3 of them above the new threshold" in out
+    after = Detector.load(model)
+    assert after.threshold_["method"] == "percentile"
+    assert after.threshold_value_ == pytest.approx(float(np.percentile(scores, 50)))
+    assert "3 of their 6 clip scores above the new threshold" in capsys.readouterr().out
 
 
 def test_contamination_from_a_known_mix_and_output_elsewhere(model, recordings, tmp_path):

@@ -75,6 +75,13 @@ def register(sub) -> None:
                    help="instead, set the threshold from --threshold-data, a folder known to hold this "
                    "fraction of anomalies")
     t.add_argument("--threshold-data", nargs="+", metavar="DIR_OR_FILE", help="the mixed folder for --contamination")
+    t.add_argument("--group-by", default=None, metavar="PATTERN",
+                   help="keep recordings of one session together in the out-of-fold calibration: 'folder' (one "
+                   "session per folder) or a regular expression whose first group names the session in the path "
+                   "(default: every file its own session)")
+    t.add_argument("--false-alarms-per-day", type=positive_float, default=None, metavar="RATE",
+                   help="target false alerts per day of live monitoring of normal sound (default: 0.1, one in "
+                   "ten days)")
     p.set_defaults(run=run)
 
 
@@ -92,11 +99,16 @@ def run(args) -> int:
     print(f"training on {len(clips)} clips from {', '.join(args.inputs)}", file=sys.stderr)
     anomalies = existing_audio_files(args.anomalies, recursive=args.recursive) if args.anomalies else []
     det = _make_detector(args, ConfigError)
+    from machine_monitor.threshold import groups_from_paths
+
+    groups = groups_from_paths([str(c) for c in clips], args.group_by)
     if anomalies:
         print(f"and on {len(anomalies)} labelled anomalies from {', '.join(args.anomalies)}", file=sys.stderr)
-        det.fit(clips, anomalies=anomalies)
+        det.fit(clips, anomalies=anomalies, groups=groups)
     else:
-        det.fit(clips)
+        det.fit(clips, groups=groups)
+    if args.false_alarms_per_day is not None:
+        det.set_false_alarms_per_day(args.false_alarms_per_day)
     if args.contamination is not None:
         mix = existing_audio_files(args.threshold_data, recursive=args.recursive)
         det.set_threshold(mix, method="contamination", contamination=args.contamination)
@@ -111,6 +123,14 @@ def run(args) -> int:
     if ensemble > 1:
         epochs = f"{ensemble} networks, {epochs}"
     print(f"saved {out}  threshold {t['value']:.4g} ({how}); {epochs}fit {det.fit_seconds_:.1f} s")
+    cal = getattr(det, "calibration_", None)
+    if cal:
+        from machine_monitor.detectors.calibration import describe
+
+        for line in describe(cal):
+            print("  " + line)
+        for w in cal["warnings"]:
+            print(f"WARNING (thin evidence): {w}", file=sys.stderr)
     return 0
 
 

@@ -22,6 +22,7 @@ Clips are file paths, 16 kHz mono float arrays, or ``(array, sample_rate)`` tupl
 from __future__ import annotations
 
 import collections
+import functools
 import inspect
 import logging
 import os
@@ -47,7 +48,7 @@ from machine_monitor.persistence import (
     write_model_dir,
 )
 from machine_monitor.scorers.residual import aggregate, check_aggregate
-from machine_monitor.threshold import fit_threshold
+from machine_monitor.threshold import AlertRule, fit_threshold, live_calibration
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +82,52 @@ def score_stats(scores: np.ndarray) -> dict:
             "p5": float(q[0]), "median": float(q[1]), "p95": float(q[2]), "max": float(s.max())}
 
 
+def _fit_then_calibrate(fit):
+    """Wrap a kind's ``fit`` so that every kind ends with the same out-of-fold calibration.
+
+    ``fit(clips, ..., groups=None)``: ``groups`` (one label per clip) reaches the
+    kind's own ``fit`` when it takes them (to cross-fit by group), and the calibration.
+    """
+    takes_groups = "groups" in inspect.signature(fit).parameters
+
+    @functools.wraps(fit)
+    def fit_and_calibrate(self, clips, *args, groups=None, **kwargs):
+        extra = {"groups": groups} if takes_groups else {}
+        if getattr(self, "_in_fit", False):  # a kind's fit calling its base class's fit
+            return fit(self, clips, *args, **extra, **kwargs)
+        clips = as_clip_list(clips)
+        if groups is not None:
+            groups = [str(g) for g in groups]
+            if len(groups) != len(clips):
+                raise ConfigError(f"got {len(groups)} group labels for {len(clips)} clips")
+            extra = {"groups": groups} if takes_groups else {}
+        self._in_fit = True
+        self._fit_extra = kwargs  # e.g. labelled anomalies: the calibration's clones fit with them too
+        try:
+            out = fit(self, clips, *args, **extra, **kwargs)
+        finally:
+            self._in_fit = False
+        if self.calibrate_on_fit:
+            self.calibrate(clips, groups=groups)
+        return out
+
+    fit_and_calibrate.calibrates = True
+    return fit_and_calibrate
+
+
 class BaseDetector:
     """Shared front-end, split, threshold, scoring and model directory of every detector kind."""
 
     #: Registry name, written to ``model.json`` as ``detector``.
     kind = "base"
+    #: ``fit`` ends with :meth:`calibrate` (the clones the calibration fits set this False).
+    calibrate_on_fit = True
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        fit = cls.__dict__.get("fit")
+        if fit is not None and not getattr(fit, "calibrates", False):
+            cls.fit = _fit_then_calibrate(fit)
 
     # -- parameters ----------------------------------------------------------------
     @classmethod
@@ -255,6 +297,55 @@ class BaseDetector:
                                         percentile=percentile or self.percentile, contamination=contamination)
         return self
 
+    # -- calibration (machine_monitor.threshold, detectors.calibration) --------------
+    def calibrate(self, clips, *, groups=None, false_alarms_per_day: float | None = None) -> BaseDetector:
+        """Calibrate every decision unit from out-of-fold scores of the normal training ``clips``.
+
+        Sets ``calibration_`` (clip, long-file and live thresholds, what each rests on and
+        the false-alarm rates to expect), ``threshold_`` (the clip threshold) and
+        ``calibration_streams_``. ``fit`` calls it; call it yourself after changing
+        ``percentile``. ``groups``: one label per clip (a session); a group is never
+        split between folds. Default: every clip its own group.
+        """
+        import time
+
+        from machine_monitor.detectors.calibration import calibrate
+
+        t0 = time.perf_counter()
+        calibrate(self, as_clip_list(clips), groups=groups, false_alarms_per_day=false_alarms_per_day)
+        self.calibration_["seconds"] = time.perf_counter() - t0
+        return self
+
+    def set_false_alarms_per_day(self, rate: float) -> BaseDetector:
+        """Re-set the live alert level for ``rate`` false alerts per day, from the stored out-of-fold streams."""
+        self._check_fitted()
+        cal = getattr(self, "calibration_", None)
+        streams = getattr(self, "calibration_streams_", None)
+        if not cal or not streams:
+            raise ConfigError("this model has no live calibration to re-set: re-train it or use the threshold command")
+        old = cal["live"]
+        live = live_calibration(streams, AlertRule(**old["rule"]), false_alarms_per_day=rate,
+                                block=old.get("block", 1), confidence=old.get("confidence", 0.0),
+                                audio_seconds=old.get("audio_seconds"))
+        for key in ("window_seconds", "hop_seconds", "quiet_seconds"):
+            live[key] = old[key]
+        if live["value"] < self.threshold_value_:
+            live["value_model"], live["value"] = live["value"], self.threshold_value_
+            live["note"] = "raised to the clip threshold"
+        cal["live"] = live
+        cal["expected"]["live_false_alerts_per_day"] = live["expected_false_alarms_per_day"]
+        return self
+
+    def long_file_threshold(self, n_windows: int) -> float:
+        """Threshold for a long file's worst of ``n_windows`` windows (the clip threshold for one)."""
+        from machine_monitor.threshold import worst_window_threshold
+
+        self._check_fitted()
+        lf = (getattr(self, "calibration_", None) or {}).get("long_file")
+        if not lf or int(n_windows) <= 1:
+            return self.threshold_value_
+        return worst_window_threshold(lf, int(n_windows))
+
     def streaming(self) -> StreamScorer:
         """A scorer for overlapping windows of one stream (what the live monitor uses)."""
         self._check_fitted()
@@ -304,8 +395,13 @@ class BaseDetector:
             if estimators:
                 save_estimators(tmp / SKOPS_FILE, estimators)
 
+        streams = getattr(self, "calibration_streams_", None)
+        if streams:
+            arrays["calibration_stream_scores"] = np.concatenate(streams).astype(np.float64)
+            arrays["calibration_stream_lengths"] = np.array([len(x) for x in streams], dtype=np.int64)
         train_scores = np.asarray(getattr(self, "train_scores_", []), dtype=np.float64)
         val_scores = np.asarray(getattr(self, "val_scores_", []), dtype=np.float64)
+        calibration = {"calibration": self.calibration_} if getattr(self, "calibration_", None) else {}
         manifest = {
             "detector": self.kind,
             "sample_rate": self.feature_config_.sr,
@@ -314,6 +410,7 @@ class BaseDetector:
             **self._manifest_parts(),
             "training": self._fit_record(),
             "threshold": self.threshold_,
+            **calibration,
             "scores": {"train": score_stats(train_scores), "validation": score_stats(val_scores),
                        "train_values": train_scores, "validation_values": val_scores},
         }
@@ -351,6 +448,7 @@ class BaseDetector:
             if arrays.get(key) is None or arrays[key].shape != (cfg.frame_dims,):
                 raise ModelError(f"{root / ARRAYS_FILE}: {key} does not match {cfg.frame_dims} feature dims")
         det.feature_mean_, det.feature_std_ = arrays.pop("feature_mean"), arrays.pop("feature_std")
+        det._restore_calibration(m, arrays, root)
         tensors = load_tensors(root / NETWORK_FILE) if NETWORK_FILE in files else None
         estimators = load_estimators(root / SKOPS_FILE) if SKOPS_FILE in files else None
         try:
@@ -361,6 +459,20 @@ class BaseDetector:
             raise ModelError(f"{root}: model parts do not match model.json ({exc})") from None
         det._restore_fit_record(m, root)
         return det
+
+    def _restore_calibration(self, m: dict, arrays: dict, root: Path) -> None:
+        """``calibration_`` from ``model.json`` and its out-of-fold live streams from the arrays (popped)."""
+        scores, lengths = arrays.pop("calibration_stream_scores", None), arrays.pop("calibration_stream_lengths", None)
+        cal = m.get("calibration")
+        if cal is None:
+            return  # a model from before per-unit calibration: clip threshold only
+        if not isinstance(cal, dict) or not all(isinstance(cal.get(k), dict) for k in ("clip", "long_file", "live")):
+            raise ModelError(f"{root / MANIFEST}: calibration must hold clip, long_file and live entries")
+        self.calibration_ = cal
+        if scores is not None and lengths is not None:
+            if lengths.ndim != 1 or (lengths < 0).any() or int(lengths.sum()) != scores.size:
+                raise ModelError(f"{root / ARRAYS_FILE}: calibration stream lengths do not match the scores")
+            self.calibration_streams_ = np.split(scores, np.cumsum(lengths)[:-1])
 
     def _restore_fit_record(self, m: dict, root: Path) -> None:
         """The threshold and what ``fit`` recorded (history, clips, scores), from ``model.json``."""

@@ -6,13 +6,15 @@
 1. the training recordings are split into folds that never split a group
    (:func:`~machine_monitor.threshold.group_folds`; default one group per file);
 2. for each fold, a scorer blind to it: the kind's own cross-fitted parts when it has
-   them (``det._fold_scorers(fold_of)``, e.g. the autoencoder ensemble's fold network
-   with a scorer refitted without the fold), otherwise a clone of the detector with the
-   same parameters fitted on the other folds;
+   them (``det.fold_of_`` and ``det.score_signal(y, fold=k)``, e.g. the autoencoder
+   ensemble's fold network with a scorer refitted without the fold); else, with one
+   group per recording, the recordings the kind held out (``det.val_clips_``) scored by
+   the fitted detector; else (sessions given as groups) clones of the detector fitted
+   without each fold;
 3. with it, every recording of the fold is scored in *clip units* as ``scan`` scores
    files (the whole recording up to 1.25 clip lengths, else clip-length segments) and
-   the fold's recordings, concatenated (seeded order), are streamed through the live
-   monitor's windows (its window length and hop), one window score per hop;
+   every recording is streamed through the live monitor's windows (its window length
+   and hop), one window score per hop;
 4. the clip / long-file / live calibrations and the training level profile follow.
 
 The result is ``det.calibration_`` (everything, for ``model.json``), ``det.threshold_``
@@ -23,6 +25,8 @@ false-alarm target re-calibrates from the same evidence).
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import math
 import os
@@ -89,7 +93,7 @@ def clone_fold_scorers(det, clips: list, fold_of: np.ndarray) -> list:
         train = [c for c, f in zip(clips, fold_of) if f != k]
         clone = type(det)(**params)
         clone.calibrate_on_fit = False
-        clone.fit(train)
+        clone.fit(train, **getattr(det, "_fit_extra", {}))
         scorers.append(clone.score_signal)
     return scorers
 
@@ -125,26 +129,52 @@ def calibrate(det, clips: list, *, groups=None, signals=None, rate: float | None
     pct = getattr(det, "percentile", None)
     rate = float(rate) if rate is not None else (1.0 - pct / 100.0 if pct else DEFAULT_CLIP_FALSE_ALARM_RATE)
     target = float(false_alarms_per_day if false_alarms_per_day is not None else DEFAULT_FALSE_ALARMS_PER_DAY)
-    if signals is None:
-        signals = [det.load_signal(c, i) for i, c in enumerate(clips)]
     if groups is None:
         groups = groups_from_paths([str(c) if isinstance(c, (str, os.PathLike)) else None for c in clips])
     groups = [str(g) for g in groups]
     if len(groups) != len(clips):
         raise ConfigError(f"got {len(groups)} group labels for {len(clips)} recordings")
-    fold_of = group_folds(groups, n_folds=n_folds)
-    k_folds = int(fold_of.max()) + 1
-    scorers = None
-    hook = getattr(det, "_fold_scorers", None)
-    if hook is not None:
-        scorers = hook(fold_of)
-    how = "the detector's own cross-fitted parts"
+    if signals is None:
+        # The clips the detector trained on: a clip shorter than its span was left out of training.
+        signals, kept = [], []
+        for i, c in enumerate(clips):
+            try:
+                signals.append(det.load_signal(c, i))
+                kept.append(i)
+            except AudioReadError as exc:
+                log.info("not used for calibration: %s", exc)
+        clips, groups = [clips[i] for i in kept], [groups[i] for i in kept]
+    notes = []
+    if len(set(groups)) < 2:
+        notes.append("all recordings form one group: folds split them by recording, so the calibration cannot "
+                     "measure how a new session differs; record a second session")
+        groups = [f"#{i}" for i in range(len(clips))]
+    fold_of = scorers = None
+    own = getattr(det, "fold_of_", None)
+    if own is not None and len(own) == len(clips) and "fold" in inspect.signature(det.score_signal).parameters:
+        own = np.asarray(own, dtype=np.int64)
+        split = any(len(set(own[[i for i, h in enumerate(groups) if h == g]])) > 1 for g in set(groups))
+        if not split and own.min() >= 0 and len(set(own.tolist())) >= 2:
+            fold_of = own
+            scorers = [functools.partial(det.score_signal, fold=k) for k in range(int(own.max()) + 1)]
+            how = "the detector's own cross-fitted parts blind to each fold"
+    val = np.asarray(getattr(det, "val_clips_", []), dtype=np.int64)
+    if scorers is None and len(set(groups)) == len(groups) and val.size and val.max() < len(clips):
+        # The kind's own held-out clips: neither its model nor its scorer trained on them.
+        fold_of = np.full(len(clips), -1, dtype=np.int64)
+        fold_of[val] = 0
+        scorers = [det.score_signal]
+        how = f"the fitted detector on the {val.size} clips it held out"
     if scorers is None:
-        how = f"{k_folds} clones fitted without their fold"
+        fold_of = group_folds(groups, n_folds=n_folds)
+        how = f"{int(fold_of.max()) + 1} clones fitted without their fold"
         scorers = clone_fold_scorers(det, clips, fold_of)
-
-    how = f"out-of-fold: {k_folds} folds of {len(set(groups))} groups, scored by {how}"
-    return _calibrate_from(det, signals, groups, fold_of, scorers, how=how, rate=rate, target=target, rule=rule)
+    how = f"out-of-fold: {int(fold_of.max()) + 1} folds of {len(set(groups))} groups, scored by {how}"
+    cal = _calibrate_from(det, signals, groups, fold_of, scorers, how=how, rate=rate, target=target, rule=rule)
+    cal["warnings"] = notes + cal["warnings"]
+    for w in notes:
+        log.warning("%s", w)
+    return cal
 
 
 def recalibrate(det, clips: list, *, groups=None, rate: float | None = None,
@@ -199,8 +229,10 @@ def _calibrate_from(det, signals, groups, fold_of, scorers, *, how, rate, target
             s = _unit_scores(scorers[f], signals[i], segment)
             unit_scores += s
             unit_groups += [groups[i]] * len(s)
-        stream = np.concatenate([signals[i] for i in ids])
-        streams += _split_at_gaps(_stream_scores(scorers[f], stream, window, hop))
+        # Each recording is streamed alone: joining recordings would make windows (a clip's end
+        # and another's start) that no continuous microphone hears.
+        for i in ids:
+            streams += _split_at_gaps(_stream_scores(scorers[f], signals[i], window, hop))
     unit_scores = np.asarray(unit_scores, dtype=np.float64)
 
     # The clip threshold: scan-unit scores; when there are too few, non-overlapping live windows
@@ -212,7 +244,8 @@ def _calibrate_from(det, signals, groups, fold_of, scorers, *, how, rate, target
         evidence, source = independent, "out-of-fold scores of non-overlapping live windows"
         unit_groups = None
     if getattr(det, "threshold_method", "gamma") == "percentile":
-        clip = {**percentile_threshold(evidence, percentile=100 * (1 - rate)), "warnings": []}
+        clip = {**percentile_threshold(evidence, percentile=100 * (1 - rate)), "n": int(evidence.size),
+                "expected_false_alarm_rate": rate, "warnings": []}
         if evidence.size < MIN_SCORES:
             clip["warnings"].append(f"the clip threshold rests on only {evidence.size} out-of-fold scores")
     else:
@@ -224,7 +257,8 @@ def _calibrate_from(det, signals, groups, fold_of, scorers, *, how, rate, target
     long_file = long_file_calibration(evidence, rate=rate, floor=clip["value"])
     long_file["evidence"] = source
     long_file["segment_seconds"] = segment / sr
-    live = live_calibration(streams, live_rule, false_alarms_per_day=target)
+    live = live_calibration(streams, live_rule, false_alarms_per_day=target, block=stride,
+                            audio_seconds=float(sum(y.size for y in signals) / sr))
     live["window_seconds"], live["hop_seconds"] = window / sr, hop / sr
     live["quiet_seconds"] = quiet_seconds
     # The live level never sits below the clip threshold: a window flagged live is at least a flagged clip.

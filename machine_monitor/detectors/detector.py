@@ -10,18 +10,19 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import os
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from machine_monitor.detectors.base import BaseDetector, as_clip_list
+from machine_monitor.detectors.base import BaseDetector, as_clip_list, clip_name
 from machine_monitor.errors import ConfigError, ModelError
 from machine_monitor.features import FeatureConfig, gather_windows, stack_frames, window_index
 from machine_monitor.scorers.registry import make_scorer
 from machine_monitor.scorers.residual import Reconstruction, Scorer, aggregate
-from machine_monitor.threshold import DEFAULT_PERCENTILE, fit_threshold
+from machine_monitor.threshold import DEFAULT_PERCENTILE, fit_threshold, group_folds, groups_from_paths
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ class Detector(BaseDetector):
         self.scorer_params = scorer_params
         self.folds = folds
 
-    def fit(self, clips: Iterable, y=None, *, anomalies: Iterable | None = None) -> Detector:
+    def fit(self, clips: Iterable, y=None, *, anomalies: Iterable | None = None, groups=None) -> Detector:
         """Learn "normal" from clips of normal machine sound.
 
         Holds out ``val_fraction`` of the clips (whole clips, seeded) for early
@@ -156,7 +157,12 @@ class Detector(BaseDetector):
         self.n_anomalies_ = len(anomalies)
         folds = self._n_folds(len(per_clip), scorer)
         if folds > 1:
-            self._fit_folds(per_clip, folds, scorer)
+            # Folds keep a group (a recording, or a session given by groups) on one side.
+            skipped = set(self.skipped_clips_)
+            if groups is None:
+                groups = groups_from_paths([str(c) if isinstance(c, (str, os.PathLike)) else None for c in clips])
+            groups = [g for i, (c, g) in enumerate(zip(clips, groups)) if clip_name(c, i) not in skipped]
+            self._fit_folds(per_clip, folds, scorer, groups=groups)
         else:
             self.network_, self.history_ = self._train_network(per_clip, train_ids, self.val_clips_, self.seed)
             self.networks_ = [self.network_]
@@ -211,7 +217,7 @@ class Detector(BaseDetector):
             dataclasses.replace(self.train_config_, seed=seed), device=self._device, progress=self.progress)
         return net, history
 
-    def _fit_folds(self, per_clip: list[np.ndarray], folds: int, scorer) -> None:
+    def _fit_folds(self, per_clip: list[np.ndarray], folds: int, scorer, *, groups=None) -> None:
         """Cross-fitted ensemble: one network per fold, each blind to its fold's clips.
 
         Every clip gets an out-of-fold reconstruction, from the network that never saw it.
@@ -223,9 +229,10 @@ class Detector(BaseDetector):
         """
         n = len(per_clip)
         rng = np.random.default_rng(self.seed)
-        fold_of = np.empty(n, dtype=np.int64)
-        for k, ids in enumerate(np.array_split(rng.permutation(n), folds)):
-            fold_of[ids] = k
+        if groups is None or len(set(groups)) < 2:
+            groups = [f"#{i:06d}" for i in range(n)]
+        fold_of = group_folds(groups, n_folds=folds)
+        folds = int(fold_of.max()) + 1
         self.networks_, self.history_ = [], []
         for k in range(folds):
             ids = rng.permutation(np.flatnonzero(fold_of != k))
@@ -241,9 +248,12 @@ class Detector(BaseDetector):
         recons = _LazyReconstructions(lambda i: oof(int(i)), list(range(n)))
         self.scorer_ = copy.deepcopy(scorer).fit(recons)
         scores = np.empty(n)
+        # Scorer k never saw fold k: with network k it scores any audio of fold k out of fold.
+        self.fold_scorers_ = []
         for k in range(folds):
             inside, outside = np.flatnonzero(fold_of == k), np.flatnonzero(fold_of != k)
-            scores[inside] = copy.deepcopy(scorer).fit(recons.subset(outside)).score(recons.subset(inside))
+            self.fold_scorers_.append(copy.deepcopy(scorer).fit(recons.subset(outside)))
+            scores[inside] = self.fold_scorers_[k].score(recons.subset(inside))
         self.fold_of_ = fold_of
         self.val_clips_ = np.arange(n)
         self.val_scores_ = scores
@@ -279,16 +289,28 @@ class Detector(BaseDetector):
         self._check_fitted()
         return self._reconstruct(self._frames(y))
 
-    def window_scores(self, y: np.ndarray) -> np.ndarray:
-        """Per-window scores ``(n_windows,)`` of a validated 16 kHz signal (mean over the ensemble)."""
+    def window_scores(self, y: np.ndarray, *, fold: int | None = None) -> np.ndarray:
+        """Per-window scores ``(n_windows,)`` of a validated 16 kHz signal (mean over the ensemble).
+
+        ``fold=k`` (right after ``fit`` of a cross-fitted ensemble): scored only by the
+        parts blind to training fold ``k`` (network ``k``, scorer ``k``), an out-of-fold
+        score for training audio of that fold (see ``fold_of_``).
+        """
         self._check_fitted()
+        if fold is not None:
+            parts = getattr(self, "fold_scorers_", None)
+            if not parts or not 0 <= int(fold) < len(parts):
+                raise ConfigError(f"no out-of-fold parts for fold {fold!r} (only right after fitting an ensemble)")
+            return parts[int(fold)].window_scores(self._reconstruct(self._frames(y), self.networks_[int(fold)]))
         if self.ensemble_size == 1:
             return self.scorer_.window_scores(self.reconstruct_signal(y))
         f = self._frames(y)
         return np.mean([self.scorer_.window_scores(self._reconstruct(f, net)) for net in self.networks_], axis=0)
 
-    def score_signal(self, y: np.ndarray) -> float:
-        """Clip score of one validated 16 kHz mono signal."""
+    def score_signal(self, y: np.ndarray, *, fold: int | None = None) -> float:
+        """Clip score of one validated 16 kHz mono signal; ``fold`` as :meth:`window_scores`."""
+        if fold is not None:
+            return aggregate(self.window_scores(y, fold=fold), self.scorer_.aggregate)
         if self.ensemble_size == 1:
             return float(self.scorer_.score([self.reconstruct_signal(y)])[0])
         return aggregate(self.window_scores(y), self.scorer_.aggregate)

@@ -176,8 +176,12 @@ def ranking_metrics(labels, scores, *, max_fpr: float = DEFAULT_MAX_FPR) -> dict
             "max_fpr": float(max_fpr)}
 
 
-def threshold_metrics(labels, scores, threshold: float) -> dict:
+def threshold_metrics(labels, scores, threshold: float, *, per_clip=None) -> dict:
     """Precision, recall, F1 and the confusion matrix when clips above ``threshold`` are flagged.
+
+    ``per_clip``: each clip's own threshold instead (a long file is judged by its worst
+    window against the long-file threshold for its number of windows, as ``scan`` does);
+    ``threshold`` is then only reported.
 
     Returns
     -------
@@ -188,7 +192,8 @@ def threshold_metrics(labels, scores, threshold: float) -> dict:
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
     y, s = _check(labels, scores)
-    pred = (s > threshold).astype(np.int64)
+    thr = threshold if per_clip is None else np.asarray(per_clip, dtype=np.float64)
+    pred = (s > thr).astype(np.int64)
     p, r, f, _ = precision_recall_fscore_support(y, pred, average="binary", zero_division=0)
     cm = confusion_matrix(y, pred, labels=[NORMAL, ANOMALY])
     return {"threshold": float(threshold), "precision": float(p), "recall": float(r), "f1": float(f),
@@ -217,7 +222,7 @@ def domain_auc(labels, scores, domains: Sequence[str | None]) -> dict[str, dict]
 
 
 def evaluate_scores(labels, scores, threshold: float, *, domains: Sequence[str | None] | None = None,
-                    max_fpr: float = DEFAULT_MAX_FPR) -> dict:
+                    max_fpr: float = DEFAULT_MAX_FPR, per_clip_thresholds=None) -> dict:
     """Every metric at once: counts, ranking metrics, metrics at the threshold, per-domain AUC.
 
     Parameters
@@ -229,6 +234,8 @@ def evaluate_scores(labels, scores, threshold: float, *, domains: Sequence[str |
     threshold : float
         The model's alarm threshold.
     domains : sequence of str or None [len=n], optional
+    per_clip_thresholds : array-like [shape=(n,)], optional
+        The threshold each clip was judged against (long files: the long-file threshold).
 
     Returns
     -------
@@ -240,6 +247,6 @@ def evaluate_scores(labels, scores, threshold: float, *, domains: Sequence[str |
     out = {"n": int(y.size), "n_normal": int(np.count_nonzero(y == NORMAL)),
            "n_anomaly": int(np.count_nonzero(y == ANOMALY))}
     out.update(ranking_metrics(y, s, max_fpr=max_fpr))
-    out.update(threshold_metrics(y, s, threshold))
+    out.update(threshold_metrics(y, s, threshold, per_clip=per_clip_thresholds))
     out["domains"] = domain_auc(y, s, domains) if domains is not None else {}
     return out
