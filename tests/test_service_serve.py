@@ -20,7 +20,7 @@ import soundfile as sf
 
 from machine_monitor.service.store import EventStore
 from tests.conftest import SR
-from tests.test_live_pulse import _pactl, pulse  # noqa: F401 - fixture
+from tests.test_live_pulse import SINK, SINK_ARGS, _pactl, pulse  # noqa: F401 - fixture
 from tests.test_service_sinks import (
     Mosquitto,
     Receiver,
@@ -179,3 +179,69 @@ def test_serve_several_machines_to_every_sink_with_ack_silence_reload(pulse, tin
     finally:
         sub.close()
         broker.stop()
+
+
+def test_an_interface_that_vanishes_is_device_lost_for_its_machines_only(pulse, tiny_model, tmp_path):  # noqa: F811
+    sf.write(tmp_path / "a.wav", machine_audio([("n", 6), ("a", 3), ("n", 12)], seed=60), SR)
+    sf.write(tmp_path / "interface.wav", np.stack([machine_audio([("n", 40)], seed=61),
+                                                   machine_audio([("n", 40)], seed=62)], axis=1), SR,
+             subtype="PCM_16")
+    load = ("load-module", "module-null-sink", "sink_name=mm_lost", "rate=16000", "channels=2")
+    module = _pactl(pulse, *load).strip()
+    conf = tmp_path / "machines.toml"
+    conf.write_text("""
+[service]
+store = "events.db"
+heartbeat_seconds = 0
+device_retry_max_seconds = 1
+
+[defaults]
+margin = 0.1  # the tiny model's live calibration rests on 12 s of audio: use its clip threshold
+quiet_seconds = 1
+
+""" + machine_table("a", tiny_model, input="a.wav") + machine_table("left", tiny_model, device="pulse",
+                                                                      samplerate=16000, channel=0)
+                    + machine_table("right", tiny_model, device="pulse", samplerate=16000, channel=1))
+    store = EventStore(tmp_path / "events.db")
+    players = [subprocess.Popen(["paplay", "--device=mm_lost", str(tmp_path / "interface.wav")], env=pulse)]
+    proc = subprocess.Popen([sys.executable, "-m", "machine_monitor.cli", "-v", "serve", str(conf)],
+                            env={**pulse, "PULSE_SOURCE": "mm_lost.monitor"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        wait_for(lambda: store.events(kinds=["service_started"]), 30, "the service")
+        time.sleep(1.5)
+        # The interface is unplugged. (The fixture's sink goes too: PulseAudio would move the orphaned
+        # stream to it, and the machines would hear silence instead of losing their device.)
+        fixture_sink = next(line.split()[0] for line in _pactl(pulse, "list", "short", "modules").splitlines()
+                            if "sink_name=mm_sink " in line + " ")
+        _pactl(pulse, "unload-module", fixture_sink)
+        _pactl(pulse, "unload-module", module)
+        players[0].terminate()
+        lost = wait_for(lambda: {e["machine"] for e in store.events(kinds=["device_lost"])} >= {"left", "right"}
+                        and store.events(kinds=["device_lost"]), 20, f"device_lost ({store.events()})")
+        # The replayed machine goes on meanwhile: its fault (at 6 s) is raised while the interface is gone.
+        wait_for(lambda: store.events(machine="a", kinds=["alert"]), 20, "machine a's alert")
+        assert not store.events(kinds=["device_restored"], since_id=lost[-1]["id"])
+        _pactl(pulse, "load-module", "module-null-sink", *SINK_ARGS)
+        module = _pactl(pulse, *load).strip()  # plugged back in
+        players.append(subprocess.Popen(["paplay", "--device=mm_lost", str(tmp_path / "interface.wav")],
+                                        env=pulse))
+        wait_for(lambda: {e["machine"] for e in store.events(kinds=["device_restored"],
+                                                             since_id=lost[-1]["id"])} >= {"left", "right"},
+                 45, "device_restored")
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        for p in players:
+            p.terminate()
+        if proc.poll() is None:
+            proc.kill()
+        _pactl(pulse, "unload-module", module, check=False)
+        if SINK not in _pactl(pulse, "list", "short", "sinks", check=False):  # leave the fixture's sink in place
+            _pactl(pulse, "load-module", "module-null-sink", *SINK_ARGS)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    evs = store.events(limit=None)
+    assert [e["event"] for e in evs if e["machine"] == "a"][:1] == ["alert"]
+    for m in ("left", "right"):
+        kinds = [e["event"] for e in evs if e["machine"] == m]
+        assert kinds.count("device_lost") == 1 and "device_restored" in kinds and "alert" not in kinds, kinds

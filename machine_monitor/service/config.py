@@ -6,6 +6,8 @@
     store = "events.db"              # SQLite event store (relative paths: from this file's folder)
     evidence_dir = "evidence"        # alert audio (WAV)
     heartbeat_seconds = 300          # a heartbeat event this often (0: none)
+    device_retry_seconds = 1         # re-open a lost input after this, doubling up to
+    device_retry_max_seconds = 30
     retention_days = 90
     max_events = 1000000
 
@@ -80,6 +82,8 @@ _SERVICE_KEYS = {
     "retention_days": (_NUM, 90.0),
     "max_events": (int, 1_000_000),
     "status_seconds": (_NUM, 60.0),
+    "device_retry_seconds": (_NUM, 1.0),
+    "device_retry_max_seconds": (_NUM, 30.0),
 }
 _POLICY_KEYS = {
     "k": (int, 3),
@@ -177,6 +181,8 @@ class ServiceConfig:
     retention_days: float
     max_events: int
     status_seconds: float
+    device_retry_seconds: float  # first wait before re-opening a lost input; doubles up to the max
+    device_retry_max_seconds: float
     sinks: dict[str, SinkConfig]
     machines: tuple[MachineConfig, ...]
     prometheus: HttpConfig | None
@@ -342,6 +348,9 @@ def parse_config(text: str, path: str | Path = "machines.toml") -> ServiceConfig
             raise ConfigError(f"{path}: {key}: unknown table (known: {', '.join(_TOP)})")
     svc = _check_table(path, "service", doc.get("service", {}), _SERVICE_KEYS)
     _nonneg(path, "service", svc, "heartbeat_seconds", "retention_days", "status_seconds")
+    for key in ("device_retry_seconds", "device_retry_max_seconds"):
+        if not svc[key] > 0:
+            raise ConfigError(f"{path}: service.{key}: must be > 0, got {svc[key]!r}")
     if svc["max_events"] < 1000:
         raise ConfigError(f"{path}: service.max_events: at least 1000, got {svc['max_events']}")
     defaults = _check_table(path, "defaults", doc.get("defaults", {}), _POLICY_KEYS)
@@ -366,7 +375,10 @@ def parse_config(text: str, path: str | Path = "machines.toml") -> ServiceConfig
                          evidence_dir=_resolve(path, svc["evidence_dir"]),
                          heartbeat_seconds=float(svc["heartbeat_seconds"]),
                          retention_days=float(svc["retention_days"]), max_events=int(svc["max_events"]),
-                         status_seconds=float(svc["status_seconds"]), sinks=sinks, machines=tuple(machines),
+                         status_seconds=float(svc["status_seconds"]),
+                         device_retry_seconds=float(svc["device_retry_seconds"]),
+                         device_retry_max_seconds=float(svc["device_retry_max_seconds"]),
+                         sinks=sinks, machines=tuple(machines),
                          prometheus=prom, dashboard=dash)
 
 

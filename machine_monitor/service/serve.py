@@ -328,15 +328,11 @@ class Service:
         Preloaded detectors by machine name (tests); else loaded from the config.
     sources : dict or None
         Sources by machine name overriding the config (tests).
-    backoff : (float, float)
-        Input re-open backoff for every machine.
     """
 
-    def __init__(self, config: ServiceConfig, *, detectors: dict | None = None, sources: dict | None = None,
-                 backoff: tuple[float, float] = (1.0, 30.0)):
+    def __init__(self, config: ServiceConfig, *, detectors: dict | None = None, sources: dict | None = None):
         self.config = config
         self.evidence_dir = config.evidence_dir
-        self.backoff = backoff
         self._sources = sources or {}
         self.store = EventStore(config.store, max_age_days=config.retention_days or None,
                                 max_events=config.max_events)
@@ -424,7 +420,8 @@ class Service:
 
     def _start_machine(self, m: MachineConfig) -> None:
         names = [x.name for x in self.config.machines]
-        r = MachineRunner(m, self.detectors[m.name], self, source=self._sources.get(m.name), backoff=self.backoff,
+        backoff = (self.config.device_retry_seconds, self.config.device_retry_max_seconds)
+        r = MachineRunner(m, self.detectors[m.name], self, source=self._sources.get(m.name), backoff=backoff,
                           phase=names.index(m.name) / len(names))
         self.runners[m.name] = r
         r.lifecycle.set_silences(self.store.active_silences())
