@@ -5,8 +5,8 @@ each listed 20 times (1,000 clips, 10,000 s of audio), and reports the peak resi
 of the process and the size of the frame matrix the training set is built from.
 
 ``--long-hours H``: instead, trains on long files holding H hours of audio in all
-(``--long-mix``: ``two`` files of H/2 hours, or ``mixed``: one of H/2 hours at 48 kHz
-stereo plus 16 kHz mono files making up the rest), written from the valve clips (looped)
+(``--long-mix``: ``two`` 16 kHz mono files of H/2 hours, or ``mixed``: files of H/2, H/4, H/8
+and H/8 hours at 48 kHz stereo), written from the valve clips (looped)
 to a temporary folder; long training files are read in blocks, as scan reads them.
 Issue 14's bound: <= 1 GB for up to 3 hours of audio in any mix of files.
 
@@ -97,9 +97,9 @@ def long_files(args) -> int:
         t0 = time.perf_counter()
         if args.long_mix == "two":
             files = [(tmp / f"long{i}.wav", hours * 1800, 16_000, 1) for i in range(2)]
-        else:
-            files = [(tmp / "long48k.wav", hours * 1800, 48_000, 2)]
-            files += [(tmp / f"part{i}.wav", hours * 1800 / 4, 16_000, 1) for i in range(4)]
+        else:  # lengths H/2, H/4, H/8, H/8, all 48 kHz stereo (the most to decode and resample)
+            files = [(tmp / f"long{i}.wav", hours * 3600 * share, 48_000, 2)
+                     for i, share in enumerate((1 / 2, 1 / 4, 1 / 8, 1 / 8))]
         for path, seconds, sr, ch in files:
             write_long(path, seconds, source, sr=sr, channels=ch)
         print(f"wrote {len(files)} files, {hours:g} h of audio ({args.long_mix}) in {time.perf_counter() - t0:.0f} s",

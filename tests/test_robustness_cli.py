@@ -222,3 +222,31 @@ def test_sigterm_while_an_alert_command_runs_stops_within_seconds(model, tmp_pat
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.slow
+def test_training_on_two_or_three_clips_never_crashes(tmp_path, capsys):
+    # Issue 14: 2 or 3 clips gave tracebacks with exit 1. Now: a model, or one line and exit 2.
+    for n in (2, 3):
+        d = tmp_path / f"n{n}"
+        d.mkdir()
+        for s in range(n):
+            sf.write(d / f"c{s}.wav", hum(1.0, seed=s + 60), SR)
+        code = run_cli(["-q", "train", str(d), "--out", str(tmp_path / f"m{n}"), "--epochs", "3"])
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        assert code == 0 or (code == 2 and err.count("machine-monitor: error:") == 1), (n, code, err)
+        assert code != 0 or (tmp_path / f"m{n}" / "model.json").is_file()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes (POSIX)")
+def test_a_fifo_given_to_scan_or_train_is_refused_not_waited_on(model, recs, tmp_path, capsys):
+    fifo = tmp_path / "pipe.wav"
+    os.mkfifo(fifo)
+    t0 = time.monotonic()
+    out = tmp_path / "rows.jsonl"
+    assert run_cli(["-q", "scan", "--model", str(model), str(fifo), "-o", str(out)]) == 2
+    assert "is a FIFO (named pipe)" in json.loads(out.read_text())["error"]
+    code = run_cli(["-q", "train", str(recs), str(fifo), "--out", str(tmp_path / "m")])
+    one_line_error(capsys, code, "pipe.wav: is a FIFO (named pipe), not an audio file")
+    assert time.monotonic() - t0 < 30
