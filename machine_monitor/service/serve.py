@@ -234,6 +234,7 @@ class MachineRunner:
         try:
             # The first scoring pays for lazy imports and allocations: not inside the first hop.
             self.detector.window_scores(np.random.default_rng(0).normal(0, 0.1, self.window).astype(np.float32))
+            limit_threads()  # again: scoring may have loaded a BLAS library of its own
             if not self._open():
                 return
             while not self._stop.is_set():
