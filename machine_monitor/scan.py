@@ -251,7 +251,7 @@ class RowWriter:
             self.stream.write(f"{row.path:<{self.width}}  {_fmt(row.score):>10}  {_fmt(row.threshold):>10}  "
                               f"{windows:>9}  {worst:>9}  {verdict}\n")
         elif self.fmt == "csv":
-            self._csv.writerow(row.to_record())
+            self._csv.writerow(row.to_record(flat=True))
         else:
             self.stream.write(json.dumps(row.to_record()) + "\n")
         if self.flush:  # an interrupted scan keeps every row it finished

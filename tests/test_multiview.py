@@ -96,8 +96,9 @@ def test_every_view_is_a_member_reading_one_log_mel(det):
     for name in ("peak", "mean", "std"):
         assert det.view_units(name, f).shape == (1, f.shape[1])
     assert det.view_units("frame", f).shape == (len(range(0, f.shape[0] - 4, 8)), 5 * f.shape[1] // 2)
-    assert det.reference_logmel_ == pytest.approx(np.mean([logmel_frames(c).mean(axis=0) for c in
-                                                           [clip(100 + i) for i in range(9)]], axis=0), abs=0.05)
+    fmax = det.feature_config.fmax
+    expected = np.mean([logmel_frames(clip(100 + i), fmax=fmax).mean(axis=0) for i in range(9)], axis=0)
+    assert det.reference_logmel_ == pytest.approx(expected, abs=0.05)
 
 
 def test_folds_keep_a_recording_on_one_side(det, groups):
@@ -205,3 +206,18 @@ def test_default_ranks_the_valve_split(valve_split):
     det = MultiViewDetector(seed=0).fit(valve_split["train"][::2])
     auc = roc_auc_score(np.r_[np.zeros(len(normal)), np.ones(len(faulty))], det.score(normal + faulty))
     assert auc > 0.85
+
+
+def test_scan_rows_carry_each_members_standardised_score(det, tmp_path):
+    import soundfile as sf
+
+    from machine_monitor.filescore import ScanRow, score_file
+
+    path = tmp_path / "squeal.wav"
+    sf.write(path, clip(600, "squeal", 3.0), 16000, subtype="FLOAT")
+    row = score_file(det, path)
+    score, members = det.score_members(det.load_signal(path))
+    assert row.score == pytest.approx(score) and row.members == members and set(members) == set(VIEWS)
+    assert row.score == pytest.approx(max(members.values()), abs=1e-3)  # the fused score is the largest z
+    # A CSV row holds them as JSON text and reads back.
+    assert ScanRow.from_record(row.to_record(flat=True)).members == members

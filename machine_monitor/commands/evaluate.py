@@ -56,7 +56,7 @@ def _collect(inputs: list[str]):
     return label_paths(existing_audio_files(inputs, recursive=True))
 
 
-def _score(det, clips, progress: bool):
+def _score(det, clips, progress: bool, members: dict | None = None):
     """Score each clip exactly as ``scan`` does (so the metrics describe its alarms: a file
     longer than the model's clips gets its worst window's score); a clip that cannot be
     used gets NaN and its one-line reason."""
@@ -66,15 +66,16 @@ def _score(det, clips, progress: bool):
     from machine_monitor.filescore import score_file
 
     scores = np.full(len(clips), np.nan)
-    thresholds = np.full(len(clips), np.nan)  # a long file's is the long-file threshold for its windows
     errors: dict[int, str] = {}
     for i, path in enumerate(tqdm(clips.paths, desc="scoring", unit="clip", disable=not progress, leave=False)):
         row = score_file(det, path)
+        if members is not None and row.members is not None:  # a multi-view model: which view found it
+            members[i] = row.members
         if row.error is not None:
             errors[i] = row.error
         else:
-            scores[i], thresholds[i] = row.score, row.threshold
-    return scores, thresholds, errors
+            scores[i] = row.score
+    return scores, errors
 
 
 def _fmt_report(model, m: dict, n_total: int, errors: list[dict]) -> str:
@@ -118,15 +119,15 @@ def run(args) -> int:
     clips = _collect(args.inputs)
     print(f"evaluating {model} on {len(clips)} clips", file=sys.stderr)
     t0 = time.perf_counter()
-    scores, thresholds, errors = _score(det, clips, args.progress)
+    members: dict[int, dict] = {}
+    scores, errors = _score(det, clips, args.progress, members=members)
     seconds = time.perf_counter() - t0
     ok = np.isfinite(scores)
     if not ok.any():
         raise ConfigError(f"none of the {len(clips)} clips could be read (first: {clips.paths[0]}: {errors[0]})")
     domains = [d for d, good in zip(clips.domains, ok) if good]
     metrics = evaluate_scores(clips.labels[ok], scores[ok], det.threshold_value_,
-                              domains=domains if any(domains) else None, max_fpr=args.max_fpr,
-                              per_clip_thresholds=thresholds[ok])
+                              domains=domains if any(domains) else None, max_fpr=args.max_fpr)
     error_rows = [{"path": str(clips.paths[i]), "error": e} for i, e in errors.items()]
     print(_fmt_report(model, metrics, len(clips), error_rows))
     print(f"scored {len(clips)} clips in {seconds:.1f} s", file=sys.stderr)
@@ -135,8 +136,9 @@ def run(args) -> int:
         doc = {"model": str(model), "inputs": list(args.inputs), "n_clips": len(clips), "n_errors": len(errors),
                **metrics, "errors": error_rows,
                "clips": [{"path": str(p), "label": int(lab), "domain": d,
-                          "score": float(s) if np.isfinite(s) else None}
-                         for p, lab, d, s in zip(clips.paths, clips.labels, clips.domains, scores)]}
+                          "score": float(s) if np.isfinite(s) else None,
+                          **({"members": members[i]} if i in members else {})}
+                         for i, (p, lab, d, s) in enumerate(zip(clips.paths, clips.labels, clips.domains, scores))]}
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(doc, indent=1) + "\n")
         print(f"wrote {args.json}", file=sys.stderr)

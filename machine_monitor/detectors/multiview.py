@@ -332,6 +332,15 @@ class MultiViewDetector(BaseDetector):
         """Clip score (``aggregate`` of the span scores); ``fold`` as :meth:`window_scores`."""
         return aggregate(self.window_scores(y, fold=fold), self.aggregate)
 
+    def score_members(self, y: np.ndarray) -> tuple[float, dict[str, float]]:
+        """The clip score of a validated signal and each member's standardised clip score
+        (``aggregate`` of its span ``z``), from one pass: what ``scan`` rows and
+        ``evaluate --json`` report as "which view found it"."""
+        self._check_fitted()
+        z = self.member_z(self.logmel(y))
+        fused = fuse(np.stack(list(z.values())), self.fusion)
+        return aggregate(fused, self.aggregate), {n: round(aggregate(v, self.aggregate), 4) for n, v in z.items()}
+
     def explain(self, y) -> dict:
         """Which view found it: every member's standardised score for a clip, and where.
 
