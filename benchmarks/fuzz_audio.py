@@ -219,11 +219,13 @@ def main(argv=None) -> int:
     ap.add_argument("--case-seconds", type=float, default=20.0, help="a case running longer is a hang")
     ap.add_argument("--progress", type=Path, default=None, help="file naming the case in progress")
     ap.add_argument("--json", action="store_true", help="print only the JSON result")
+    ap.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
     args = ap.parse_args(argv)
     import logging
 
     logging.disable(logging.WARNING)
-    result = fuzz(args.cases, args.seed, case_seconds=args.case_seconds, progress=args.progress)
+    result = fuzz(args.cases, args.seed, case_seconds=args.case_seconds, progress=args.progress,
+                  stages=[x for x in args.stages.split(",") if x])
     print(json.dumps(result, indent=None if args.json else 2))
     return 0 if result["findings"] == 0 else 1
 
