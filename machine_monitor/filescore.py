@@ -6,7 +6,10 @@ like ``det.score_signal(det.load_signal(path))``. A longer file is streamed
 length (``det.clip_seconds_``), each scored like a clip. Segments start every
 ``hop_seconds`` (default: one segment, so they do not overlap) and the last one is
 aligned to the end of the file so that no audio is left out. The file score is the
-**worst segment's** score: an hour of normal sound with one bad minute is flagged.
+**worst segment's** score: an hour of normal sound with one bad minute is flagged. It is
+judged against the model's long-file threshold for that many segments
+(``det.long_file_threshold(n)``, calibrated so a normal file is flagged at the clip rate
+whatever its length); the row's ``threshold`` is that value.
 
 A file that cannot be used (missing, not audio, empty, too short, NaN, silent) is a
 row with its one-line error; the scan goes on. Digitally silent segments inside a
@@ -211,3 +214,8 @@ def _score_segments(det, path, row: ScanRow, *, segment: int, hop: int) -> None:
         raise AudioReadError(f"{path}: contains no audio samples")
     row.score, row.worst_offset = float(best), best_at / cfg.sr
     row.n_segments, row.n_anomalous, row.duration = n, int(n_bad), total / cfg.sr
+    # The worst of n segments is judged against the threshold calibrated for n of them (the clip
+    # threshold would flag long normal files: a maximum grows with the number of segments).
+    long_file = getattr(det, "long_file_threshold", None)
+    if long_file is not None:
+        row.threshold = float(long_file(n))

@@ -66,6 +66,7 @@ def _score(det, clips, progress: bool, members: dict | None = None):
     from machine_monitor.filescore import score_file
 
     scores = np.full(len(clips), np.nan)
+    thresholds = np.full(len(clips), np.nan)  # a long file's is the long-file threshold for its windows
     errors: dict[int, str] = {}
     for i, path in enumerate(tqdm(clips.paths, desc="scoring", unit="clip", disable=not progress, leave=False)):
         row = score_file(det, path)
@@ -74,8 +75,8 @@ def _score(det, clips, progress: bool, members: dict | None = None):
         if row.error is not None:
             errors[i] = row.error
         else:
-            scores[i] = row.score
-    return scores, errors
+            scores[i], thresholds[i] = row.score, row.threshold
+    return scores, thresholds, errors
 
 
 def _fmt_report(model, m: dict, n_total: int, errors: list[dict]) -> str:
@@ -120,14 +121,15 @@ def run(args) -> int:
     print(f"evaluating {model} on {len(clips)} clips", file=sys.stderr)
     t0 = time.perf_counter()
     members: dict[int, dict] = {}
-    scores, errors = _score(det, clips, args.progress, members=members)
+    scores, thresholds, errors = _score(det, clips, args.progress, members=members)
     seconds = time.perf_counter() - t0
     ok = np.isfinite(scores)
     if not ok.any():
         raise ConfigError(f"none of the {len(clips)} clips could be read (first: {clips.paths[0]}: {errors[0]})")
     domains = [d for d, good in zip(clips.domains, ok) if good]
     metrics = evaluate_scores(clips.labels[ok], scores[ok], det.threshold_value_,
-                              domains=domains if any(domains) else None, max_fpr=args.max_fpr)
+                              domains=domains if any(domains) else None, max_fpr=args.max_fpr,
+                              per_clip_thresholds=thresholds[ok])
     error_rows = [{"path": str(clips.paths[i]), "error": e} for i, e in errors.items()]
     print(_fmt_report(model, metrics, len(clips), error_rows))
     print(f"scored {len(clips)} clips in {seconds:.1f} s", file=sys.stderr)
