@@ -223,3 +223,16 @@ def test_retention_keeps_what_a_sink_has_not_delivered(tmp_path):
         many.append({"event": "heartbeat"})
     assert many.prune() == 13  # over twice the limit: back to the limit, undelivered or not (logged)
     assert many.count() == 10 and many.events(limit=1)[0]["id"] == 26
+
+
+def test_the_service_measures_window_levels_as_monitor_does():
+    import numpy as np
+
+    from machine_monitor.service.serve import window_level_db
+    from machine_monitor.threshold import window_level_db as monitors
+
+    rng = np.random.default_rng(0)
+    for scale, n in ((1e-4, 159_744), (0.3, 160_000), (0.05, 3000)):
+        y = (rng.standard_normal(n) * scale).astype(np.float32)
+        y[: n // 8] *= 0.01  # a quiet stretch: the median ignores it
+        assert window_level_db(y, sr=16_000) == pytest.approx(monitors(y, sr=16_000), abs=1e-3)
