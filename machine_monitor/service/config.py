@@ -6,6 +6,7 @@
     store = "events.db"              # SQLite event store (relative paths: from this file's folder)
     evidence_dir = "evidence"        # alert audio (WAV)
     heartbeat_seconds = 300          # a heartbeat event this often (0: none)
+    status_seconds = 60              # a status line (state, score/level of every machine) in the log
     device_retry_seconds = 1         # re-open a lost input after this, doubling up to
     device_retry_max_seconds = 30
     retention_days = 90

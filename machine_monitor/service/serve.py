@@ -391,6 +391,15 @@ class Service:
         self._poll_controls()
         return ev
 
+    def status_line(self) -> str:
+        """Every machine's state and last score against its level, on one line (the periodic log)."""
+        parts = []
+        for name, r in list(self.runners.items()):
+            snap = r.snapshot(history=False)
+            score = "-" if snap["score"] is None else f"{snap['score']:.4g}"
+            parts.append(f"{name} {snap['state']} {score}/{snap['level']:.4g}")
+        return "; ".join(parts)
+
     def metrics(self) -> dict:
         return {"machines": {n: r.snapshot(history=False) for n, r in list(self.runners.items())},
                 "sinks": {n: w.backlog for n, w in list(self.workers.items())}}
@@ -505,6 +514,7 @@ class Service:
         first = {n: r.lifecycle.episode for n, r in self.runners.items()}
         next_beat = time.time() + self.config.heartbeat_seconds if self.config.heartbeat_seconds else math.inf
         next_prune = time.time()
+        next_status = time.time() + self.config.status_seconds if self.config.status_seconds else math.inf
         try:
             while not self._stop.wait(TICK_SECONDS):
                 now = time.time()
@@ -514,6 +524,9 @@ class Service:
                     self.emit(None, {"event": HEARTBEAT, "uptime": round(now - self.started, 1),
                                      "machines": {n: r.snapshot(history=False)["state"]
                                                   for n, r in self.runners.items()}})
+                if now >= next_status:
+                    next_status = now + self.config.status_seconds
+                    log.info("status: %s", self.status_line())
                 if now >= next_prune:
                     next_prune = now + 3600
                     removed = self.store.prune(now)
