@@ -337,8 +337,8 @@ def std_windows(f: np.ndarray, *, context: int = 311, stride: int = 16) -> np.nd
     starts = span_starts(f.shape[0], context=context, stride=stride)
     if starts.size == 0:
         return np.zeros((0, f.shape[1]), dtype=np.float32)
-    if starts.size <= 2:  # a clip or a live window: one or two spans, cheaper directly
-        return np.stack([np.std(f[s : s + context], axis=0, dtype=np.float64) for s in starts]).astype(np.float32)
+    if starts.size <= 2:  # a clip or a live window: one or two spans, cheaper directly (two-pass, float32)
+        return np.stack([np.std(f[s : s + context], axis=0) for s in starts]).astype(np.float32)
     # Centre on the signal's mean first: sums of squares of dB values near -50 lose digits otherwise.
     g = np.asarray(f, dtype=np.float64) - np.mean(f, axis=0, dtype=np.float64)
     m = _span_sums(g, starts, context, 1) / context

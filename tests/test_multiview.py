@@ -177,7 +177,9 @@ def test_explain_says_which_view_and_which_bands(det):
     ex = det.explain(y)
     assert ex["score"] == pytest.approx(det.score_signal(y))
     assert set(ex["members"]) == set(VIEWS)
-    assert ex["top_member"] == max(ex["members"], key=lambda n: ex["members"][n]["z"])
+    assert ex["top_member"] == max(ex["members"], key=ex["members"].get)
+    assert all(isinstance(v, float) for v in ex["members"].values())  # what the evidence view draws
+    assert set(ex["member_bands"]) == set(VIEWS)
     bands = np.asarray(ex["bands"])
     assert bands.shape == (det.feature_config.n_mels,) and np.abs(bands).sum() == pytest.approx(1.0)
     # The squeal (3.3 kHz) is where the explanation points.

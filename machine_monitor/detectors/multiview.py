@@ -58,11 +58,11 @@ from machine_monitor.errors import ConfigError, ModelError
 from machine_monitor.features import (
     FeatureConfig,
     frames,
+    gather_windows,
     mean_windows,
     peak_windows,
     pool_bands,
     span_starts,
-    stack_frames,
     std_windows,
 )
 from machine_monitor.scorers.residual import aggregate
@@ -210,7 +210,9 @@ class MultiViewDetector(BaseDetector):
             return mean_windows(f, context=cfg.context, stride=cfg.stride)
         if member == "std":
             return std_windows(f, context=cfg.context, stride=cfg.stride)
-        return stack_frames(pool_bands(f, factor=FRAME_BANDS), context=FRAME_CONTEXT)[::step]
+        g = pool_bands(f, factor=FRAME_BANDS)
+        starts = np.arange(0, max(0, g.shape[0] - FRAME_CONTEXT + 1), step)
+        return gather_windows(g, starts, context=FRAME_CONTEXT)  # = stack_frames(g)[::step], built directly
 
     def _span_of_frame_windows(self, n_frames: int) -> list[slice]:
         """Which frame-view rows lie inside each span: a slice per span."""
@@ -351,14 +353,14 @@ class MultiViewDetector(BaseDetector):
         Returns
         -------
         dict
-            ``score`` (fused clip score), ``threshold``, ``fusion``, ``members``
-            (name -> ``{"z", "score"}``: clip-level standardised and raw scores, pooled over
-            spans like the clip score), ``top_member`` (largest ``z``), ``worst_span``
-            (``{"index", "start_s", "end_s"}``: the span with the highest fused score),
-            ``bands`` (``(n_mels,)``: the top member's per-band share of its Mahalanobis
-            distance in the worst span, summing to 1; positive = the band is off),
-            ``band_delta_db`` (``(n_mels,)``: that span's mean log-mel minus
-            :attr:`reference_logmel_`) and per member ``bands`` as well.
+            ``score`` (fused clip score), ``threshold``, ``fusion``, ``members`` (name ->
+            standardised clip score ``z``, pooled over spans like the clip score),
+            ``member_scores`` (name -> raw clip score), ``top_member`` (largest ``z``),
+            ``worst_span`` (``{"index", "start_s", "end_s"}``: the span with the highest fused
+            score), ``bands`` (``(n_mels,)``: the top member's per-band share of its Mahalanobis
+            distance in the worst span, absolute values summing to 1), ``member_bands`` (the
+            same for every member) and ``band_delta_db`` (``(n_mels,)``: that span's mean
+            log-mel minus :attr:`reference_logmel_`).
         """
         self._check_fitted()
         sig = self.load_signal(y)
@@ -369,20 +371,20 @@ class MultiViewDetector(BaseDetector):
         worst = int(np.argmax(fused))
         cfg = self.feature_config
         start = int(span_starts(f.shape[0], context=cfg.context, stride=cfg.stride)[worst])
-        members = {}
-        for n, m in self.members_.items():
-            members[n] = {"z": aggregate(z[n], self.aggregate), "score": aggregate(raw[n], self.aggregate),
-                          "bands": m.band_contributions(f, worst).tolist()}
-        top = max(members, key=lambda n: members[n]["z"])
+        members = {n: aggregate(v, self.aggregate) for n, v in z.items()}
+        bands = {n: m.band_contributions(f, worst).tolist() for n, m in self.members_.items()}
+        top = max(members, key=members.get)
         return {
             "score": aggregate(fused, self.aggregate),
             "threshold": self.threshold_value_,
             "fusion": self.fusion,
             "members": members,
+            "member_scores": {n: aggregate(v, self.aggregate) for n, v in raw.items()},
             "top_member": top,
             "worst_span": {"index": worst, "start_s": start * cfg.hop_length / cfg.sr,
                            "end_s": (start * cfg.hop_length + cfg.min_samples) / cfg.sr},
-            "bands": members[top]["bands"],
+            "bands": bands[top],
+            "member_bands": bands,
             "band_delta_db": (f[start:start + cfg.context].mean(axis=0) - self.reference_logmel_).tolist(),
         }
 
