@@ -67,6 +67,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--json", type=Path, metavar="OUT")
     ap.add_argument("--costs", action="store_true", help="measure fit / scan / floor costs instead (valve split)")
     ap.add_argument("--runs", type=int, default=3, help="--costs: timed passes per contender (median)")
+    ap.add_argument("--matrix", type=Path, metavar="JSON", help="print the compact table of an earlier --json run")
     return ap.parse_args(argv)
 
 
@@ -227,6 +228,21 @@ def metrics(ds: dict, scores) -> dict[str, tuple[float, float]]:
             for k, m in subsets.items()}
 
 
+def matrix(summary: list[dict]) -> list[str]:
+    """One line per set/subset: AUC (mean ± sd) of every row, the default's pAUC and fit seconds."""
+    cols = [r for r in ROWS if any(s["row"] == r for s in summary)]
+    short = {"fuse top2": "top2", "fuse mean": "mean-fuse", PYOD_ROW: "PyOD AE"}
+    lines = [f"{'set':<20} {'subset':<11} " + " ".join(f"{short.get(c, c):>11}" for c in cols)
+             + f" {'pAUC dflt':>11} {'fit s dflt':>10}"]
+    for key in dict.fromkeys((s["set"], s["subset"]) for s in summary):
+        by = {s["row"]: s for s in summary if (s["set"], s["subset"]) == key}
+        cells = [mean_sd(by[c]["auc"], ".2f") if c in by else "-" for c in cols]
+        d = by.get("default")
+        lines.append(f"{key[0].replace('SYNTHETIC ', 'SYN '):<20} {key[1]:<11} " + " ".join(f"{c:>11}" for c in cells)
+                     + (f" {mean_sd(d['pauc'], '.2f'):>11} {mean_sd(d['fit_seconds'], '.0f'):>10}" if d else ""))
+    return lines
+
+
 def mean_sd(values: list[float], fmt: str = ".3f") -> str:
     m = statistics.fmean(values)
     return f"{m:{fmt}}" if len(values) < 2 else f"{m:{fmt}} ± {statistics.stdev(values):{fmt}}"
@@ -240,6 +256,9 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     if args.costs:
         return costs(args)
+    if args.matrix:
+        print("\n".join(matrix(json.loads(args.matrix.read_text())["summary"])))
+        return 0
     sets = [] if args.only_synthetic else real_sets(args.splits)
     if not args.only_real:
         sets += synthetic_sets(args.synth_dir, args.kinds)
@@ -282,6 +301,8 @@ def main(argv=None) -> int:
             gap = statistics.fmean(default[0]["auc"]) - best_member[1]
             print(f"{'':<28} {'':<12} default - best member ({best_member[0]}): {gap:+.3f}")
     print("(mean ± sample standard deviation over seeds)")
+    print()
+    print("\n".join(matrix(summary)))
     if args.json:
         args.json.write_text(json.dumps({"runs": runs, "summary": summary, "seeds": args.seeds,
                                          "threads": args.threads}, indent=1))
