@@ -17,7 +17,7 @@ from machine_monitor.dashboard import check_bind, create_app, start_dashboard
 from machine_monitor.dashboard.app import STATIC_DIR, TEMPLATE, ScoreHistory
 from machine_monitor.errors import ConfigError
 from tests.conftest import SR
-from tests.test_service_sinks import free_port, machine_audio, tiny_model  # noqa: F401 - shared fixtures
+from tests.test_service_sinks import free_port, machine_audio, tiny_model, wait_for  # noqa: F401 - shared
 
 TOKEN = "test-token-7f3a"
 
@@ -253,3 +253,29 @@ def test_timelines_keep_every_window_of_the_hour_and_the_maximum_of_each_half_mi
     assert len(day["t"]) == 241 and np.all(np.diff(day["t"]) == 30.0)
     assert max(s for s in day["score"] if s is not None) == 99.0
     assert h.since("pump3", now) == [(now + 1, None), (now + 2, None)]
+
+
+def test_evidence_recorded_as_a_relative_path_or_a_bare_name_is_found(served):
+    """The service records the path it wrote: relative to its working directory when evidence_dir
+    is relative in machines.toml (serve started from the file's folder)."""
+    import os
+
+    store, wav = served["service"].store, served["wav"]
+    rel = store.append({"event": "alert", "machine": "fan1", "episode": 7, "evidence": os.path.relpath(wav)})
+    bare = store.append({"event": "alert", "machine": "fan1", "episode": 8, "evidence": wav.name})
+    gone = store.append({"event": "alert", "machine": "fan1", "episode": 9, "evidence": str(wav) + ".missing"})
+    rows = {a["id"]: a for a in json.loads(request(served["port"], "GET", "/api/alerts")[2])}
+    assert rows[rel["id"]]["audio_url"] == rows[bare["id"]]["audio_url"] == f"/evidence/{wav.name}"
+    assert rows[gone["id"]]["audio_url"] is None
+    assert rows[gone["id"]]["evidence_note"] == "evidence recording no longer on disk"
+
+
+def test_a_silenced_machine_says_so_in_the_overview(served):
+    served["service"].silence("fan1", time.time() + 4, "carl", "belt change")  # over by itself
+
+    def states():
+        return {m["name"]: m["state"] for m in json.loads(request(served["port"], "GET", "/api/state")[2])["machines"]}
+
+    got = wait_for(lambda: states()["fan1"] == "silenced" and states(), 3, "fan1 to show as silenced")
+    assert got["pump3"] != "silenced"
+    wait_for(lambda: states()["fan1"] != "silenced", 8, "the silence to end")

@@ -114,6 +114,26 @@ def artefact(tmp: Path, name: str) -> Path:
     return out / name
 
 
+def text_of(driver, element_id: str) -> str:
+    """An element's text, read at once (the page re-renders alert headers as news arrives)."""
+    return driver.execute_script("var e = document.getElementById(arguments[0]); return e ? e.textContent : ''",
+                                 element_id)
+
+
+def click(driver, element_id: str) -> None:
+    """Click like a user; again if the page re-rendered the button in between."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+
+    for _ in range(5):
+        try:
+            driver.find_element(By.ID, element_id).click()
+            return
+        except StaleElementReferenceException:
+            time.sleep(0.1)
+    raise AssertionError(f"#{element_id} kept being replaced")
+
+
 def message(driver) -> str:
     return driver.execute_script("var m = document.getElementById('message'); return m.hidden ? '' : m.textContent")
 
@@ -129,11 +149,11 @@ def test_a_missing_or_wrong_token_and_paths_out_of_the_evidence_folder_get_nowhe
         d.get(page["base"])
         wait_for(lambda: d.find_elements(By.ID, "silence-btn-fan1"), 20, "the silence button")
         d.find_element(By.ID, "who").send_keys("mallory")
-        d.find_element(By.ID, "silence-btn-fan1").click()
+        click(d, "silence-btn-fan1")
         assert "token" in wait_for(lambda: message(d), 5, "a message")  # nothing sent without one
         d.find_element(By.ID, "token").send_keys("not-the-token")
         d.find_element(By.ID, "who").click()  # leaves the token field: stored
-        d.find_element(By.ID, "silence-btn-fan1").click()
+        click(d, "silence-btn-fan1")
         assert "token is missing or wrong" in wait_for(
             lambda: "wrong" in message(d) and message(d), 5, "the refusal")
         store = EventStore(page["tmp"] / "events.db")
@@ -156,15 +176,15 @@ def test_a_live_alert_appears_its_evidence_plays_and_the_acknowledgement_is_stor
 
     d = page["driver"]
     assert page["alerts_at_load"] == 0  # the page was open before any alert existed
-    card = wait_for(lambda: d.find_elements(By.CSS_SELECTOR, ".alert[data-machine='pump3']"), 30,
-                    "pump3's alert to appear live")[0]
+    card = wait_for(lambda: d.execute_script("var a = document.querySelector(\".alert[data-machine='pump3']\");"
+                                             "return a ? a.id : null"), 30, "pump3's alert to appear live")
     assert d.execute_script("return window.__notReloaded === true")  # arrived without a reload
-    alert_id = int(card.get_attribute("id").split("-")[1])
+    alert_id = int(card.split("-")[1])
     assert d.find_element(By.ID, "machine-pump3").get_attribute("data-state") in ("firing", "pending", "normal")
 
     # Its evidence: the newest alert shows it at once, the other on a click.
     if not d.find_elements(By.ID, f"audio-{alert_id}"):
-        d.find_element(By.ID, f"toggle-{alert_id}").click()
+        click(d, f"toggle-{alert_id}")
     audio = wait_for(lambda: d.find_elements(By.ID, f"audio-{alert_id}"), 10, "the audio player")[0]
     played = d.execute_async_script("""
         var a = arguments[0], done = arguments[arguments.length - 1];
@@ -178,22 +198,22 @@ def test_a_live_alert_appears_its_evidence_plays_and_the_acknowledgement_is_stor
     img = d.find_element(By.ID, f"evidence-{alert_id}")
     wait_for(lambda: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img), 60,
              "the evidence picture")
-    summary = wait_for(lambda: "Score" in d.find_element(By.ID, f"summary-{alert_id}").text
-                       and d.find_element(By.ID, f"summary-{alert_id}").text, 30, "the evidence summary")
+    summary = wait_for(lambda: "Score" in text_of(d, f"summary-{alert_id}") and text_of(d, f"summary-{alert_id}"),
+                       30, "the evidence summary")
     assert "above the threshold" in summary
 
     # Acknowledge it, as "anna".
     who = d.find_element(By.ID, "who")
     who.clear()
     who.send_keys("anna")
-    d.find_element(By.ID, f"ack-{alert_id}").click()
+    click(d, f"ack-{alert_id}")
     wait_for(lambda: "acknowledged" in message(d), 10, "the acknowledgement to be confirmed")
     store = EventStore(page["tmp"] / "events.db")
     got = store.acked(alert_id)
     assert got is not None and got["who"] == "anna" and time.time() - got["epoch"] < 60
     assert any(e["alert_id"] == alert_id and e["who"] == "anna" for e in store.events(kinds=["acknowledged"]))
     store.close()
-    wait_for(lambda: "acknowledged by anna" in d.find_element(By.ID, f"alert-{alert_id}").text, 10,
+    wait_for(lambda: "acknowledged by anna" in text_of(d, f"alert-{alert_id}"), 10,
              "the page to show who acknowledged")
     wait_for(lambda: d.find_elements(By.CSS_SELECTOR, ".alert[data-machine='fan1']"), 30, "fan1's alert")
     d.execute_script("window.scrollTo(0, 0)")

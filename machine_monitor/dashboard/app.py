@@ -106,18 +106,26 @@ def safe_evidence_path(root: Path, name: str) -> Path | None:
 
 
 def evidence_name(root: Path, evidence: str | None) -> str | None:
-    """An event's evidence file as a name relative to ``root`` (None when outside it or missing)."""
+    """An event's evidence file as a name relative to ``root`` (None when outside it or missing).
+
+    The service records the path it wrote: absolute, or relative to its working directory
+    (a relative ``evidence_dir``); a bare name is taken inside ``root``.
+    """
     if not evidence:
         return None
     p = Path(evidence)
     try:
         base = root.resolve(strict=True)
-        full = (p if p.is_absolute() else base / p).resolve(strict=True)
-        rel = full.relative_to(base)
-    except (OSError, RuntimeError, ValueError):
+    except (OSError, RuntimeError):
         return None
-    name = rel.as_posix()
-    return name if safe_evidence_path(root, name) is not None else None
+    for candidate in ((p,) if p.is_absolute() else (Path.cwd() / p, base / p)):
+        try:
+            rel = candidate.resolve(strict=True).relative_to(base)
+        except (OSError, RuntimeError, ValueError):
+            continue
+        if safe_evidence_path(root, rel.as_posix()) is not None:
+            return rel.as_posix()
+    return None
 
 
 # -- the service, as the page sees it -----------------------------------------------------
@@ -338,6 +346,8 @@ def _machine_state(name: str, snap: dict, last_alerts: dict[str, dict], history:
             "alert_id", "acknowledged", "silenced_until", "input", "error")
     out = {"name": name, **{k: snap.get(k) for k in keep}}
     out["state"] = out["state"] or "stopped"
+    if out["silenced_until"] and out["state"] in ("normal", "pending"):
+        out["state"] = "silenced"  # its alerts would not be notified: say so before anything else
     updated = history.last.get(name)
     out["updated"] = updated if updated is not None and math.isfinite(updated) else None
     out["last_alert"] = None if not last else {"id": last.get("id"), "epoch": last.get("epoch"),

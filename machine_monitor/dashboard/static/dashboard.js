@@ -106,11 +106,14 @@
         h("div", {"class": "gauge", title: "score against the alert level (middle line)"},
           h("i", {"class": ratio > 1 ? "over" : "", style: "width:" + Math.min(100, 50 * ratio).toFixed(1) + "%"}), h("b")),
         h("div", {"class": "row muted"},
-          h("span", {text: last ? "last alert " + ago(last.epoch) + " (#" + last.episode + ", peak " + num(last.peak_score) + ")" : "no alert yet"}),
-          h("span", {text: m.updated ? "updated " + ago(m.updated) : "no score yet"})),
+          h("span", {text: last ? "last alert " + ago(last.epoch) + " (#" + last.episode + ", peak " + num(last.peak_score) + ")" : "no alert yet"})),
+        // Scores arrive every half second: a machine silent for longer than 10 s says since when.
+        !m.updated ? h("div", {"class": "row stale", text: "no score yet"}) :
+          S.now - m.updated > 10 ? h("div", {"class": "row stale", text: "no new score since " + ago(m.updated)}) : null,
+        m.error ? h("div", {"class": "row stale", text: m.error}) : null,
         m.health && m.health.length ? h("div", {"class": "row", text: "health: " + m.health.join(", ").replace(/_/g, " ")}) : null,
         m.acknowledged ? h("div", {"class": "row muted", text: "acknowledged by " + m.acknowledged.who + " at " + clock(m.acknowledged.epoch)}) : null,
-        m.silenced_until ? h("div", {"class": "row muted", text: "silenced until " + when(m.silenced_until)}) : null
+        m.silenced_until ? h("div", {"class": "row muted", text: "silenced until " + when(m.silenced_until) + ": alerts are recorded, not notified"}) : null
       ].forEach(function (el) { if (el) status.appendChild(el); });
     });
     var sb = document.getElementById("silences");
