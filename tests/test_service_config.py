@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -146,21 +144,17 @@ def test_logs_carry_journald_priorities_under_systemd():
     assert "WARNING pump3: alert #1" in JournalFormatter(journal=False).format(rec)
 
 
-def run_cli(*args, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "machine_monitor.cli", *args], capture_output=True, text=True,
-                          timeout=120, cwd=cwd)
+def test_serve_check_validates_without_starting(tmp_path, tiny_model, capsys):  # noqa: F811
+    from machine_monitor.cli import main
 
-
-def test_serve_check_validates_without_starting(tmp_path, tiny_model):  # noqa: F811
     good = write(tmp_path, tiny_model)
-    res = run_cli("serve", "--check", str(good))
-    assert res.returncode == 0, res.stderr
-    assert "valid: 2 machine(s) (pump3, fan1), 4 sink(s)" in res.stdout
+    assert main(["serve", "--check", str(good)]) == 0
+    assert "valid: 2 machine(s) (pump3, fan1), 4 sink(s)" in capsys.readouterr().out
     assert not (tmp_path / "var").exists()  # nothing started, no store created
     bad = write(tmp_path, tiny_model, machines="[machines.pump3]\nmodle = 'x'\n")
-    res = run_cli("serve", "--check", str(bad))
-    assert res.returncode == 2 and res.stdout == ""
-    assert res.stderr.strip().splitlines() == [f"machine-monitor: error: {bad}: machines.pump3.modle: unknown key "
-                                               f"(known: {res.stderr.split('(known: ')[1].strip()}"]
-    res = run_cli("serve", "--print-systemd-unit", str(good))
-    assert res.returncode == 0 and f"serve {good.resolve()}" in res.stdout
+    assert main(["serve", "--check", str(bad)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1
+    assert err.startswith(f"machine-monitor: error: {bad}: machines.pump3.modle: unknown key (known: ")
+    assert main(["serve", "--print-systemd-unit", str(good)]) == 0
+    assert f"serve {good.resolve()}" in capsys.readouterr().out

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import sqlite3
 import time
 
@@ -156,24 +155,6 @@ def test_store_ids_only_grow_and_survive_reopening(tmp_path):
     b = s.append({"event": "alert", "machine": "pump", "episode": 1})
     assert a == [1, 2, 3] and b["id"] == 4  # never reused, even after pruning
     assert sqlite3.connect(db).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-
-
-def _append_many(db, n):
-    s = EventStore(db)
-    for _ in range(n):
-        s.append({"event": "heartbeat", "machine": "other"})
-
-
-def test_store_takes_writers_from_other_processes(tmp_path):
-    db = tmp_path / "events.db"
-    s = EventStore(db)
-    p = multiprocessing.get_context("spawn").Process(target=_append_many, args=(db, 50))
-    p.start()
-    for _ in range(50):
-        s.append({"event": "heartbeat", "machine": "here"})
-    p.join(60)
-    ids = [e["id"] for e in s.events(limit=None)]
-    assert ids == list(range(1, 101))
 
 
 def test_store_filters_acks_and_silences(tmp_path):
