@@ -228,10 +228,12 @@ class ScoreHistory:
             raw = self.raw.setdefault(name, collections.deque(maxlen=int(HOUR / 0.25)))
             day = self.days.setdefault(name, collections.deque(maxlen=int(DAY / self.bucket) + 2))
             last = self.last.get(name, -math.inf)
-            for t, s in points or ():
+            points = list(points or ())
+            k = len(points)  # the new points are at the end: walk back to the first one seen
+            while k > 0 and float(points[k - 1][0]) > last:
+                k -= 1
+            for t, s in points[k:]:
                 t = float(t)
-                if t <= last:
-                    continue
                 s = None if s is None or not math.isfinite(float(s)) else float(s)
                 raw.append((t, s))
                 b = math.floor(t / self.bucket) * self.bucket
