@@ -296,35 +296,38 @@ class MachineRunner:
         y = self.ring.get(start, stop)
         now = time.time()
         c = self.cfg
+        lc = self.lifecycle
+        # Everything but the lifecycle outside the lock: snapshots (dashboard, metrics) never wait for a score.
         clipped = np.count_nonzero(np.abs(y[-self.hop:]) >= c.clip_level) / min(self.hop, y.size)
-        with self.lock:
-            lc = self.lifecycle
-            evs = []
-            if clipped > c.clip_fraction or "clipping" in lc.health:
-                # Raised on the newest hop, cleared only when a whole window is clean (no flapping).
-                whole = np.count_nonzero(np.abs(y) >= c.clip_level) / y.size if clipped <= c.clip_fraction else 1.0
-                evs += lc.observe_health(now, "clipping", whole > c.clip_fraction,
-                                         f"{100 * clipped:.2g} % of samples at full scale",
-                                         stream_seconds=stop / self.sr)
-            problem = signal_problem(y, chunk=self.silence_chunk)
-            stopped = None
-            if problem is None and self.levels is not None:
-                from machine_monitor.threshold import machine_stopped
+        clipping = None
+        if clipped > c.clip_fraction or "clipping" in lc.health:
+            # Raised on the newest hop, cleared only when a whole window is clean (no flapping).
+            whole = np.count_nonzero(np.abs(y) >= c.clip_level) / y.size if clipped <= c.clip_fraction else 1.0
+            clipping = whole > c.clip_fraction
+        problem = signal_problem(y, chunk=self.silence_chunk)
+        stopped = None
+        if problem is None and self.levels is not None:
+            from machine_monitor.threshold import machine_stopped
 
-                db = window_level_db(y, sr=self.sr)
-                if machine_stopped(db, self.levels, was_stopped="machine_stopped" in lc.health):
-                    stopped = f"level {db:.1f} dBFS, below {self.levels['stopped_below_db']:.1f} dBFS"
-            evs += lc.observe_health(now, "signal_lost", problem is not None, problem, stream_seconds=stop / self.sr)
+            db = window_level_db(y, sr=self.sr)
+            if machine_stopped(db, self.levels, was_stopped="machine_stopped" in lc.health):
+                stopped = f"level {db:.1f} dBFS, below {self.levels['stopped_below_db']:.1f} dBFS"
+        if problem or stopped:
+            self.scorer.skip_to(start + self.hop)
+            score = None
+        else:
+            score = float(self.scorer.score(self.ring, start, stop))
+            self.windows += 1
+        at = stop / self.sr
+        with self.lock:
+            evs = []
+            if clipping is not None:
+                evs += lc.observe_health(now, "clipping", clipping, f"{100 * clipped:.2g} % of samples at full scale",
+                                         stream_seconds=at)
+            evs += lc.observe_health(now, "signal_lost", problem is not None, problem, stream_seconds=at)
             if self.levels is not None and problem is None:
-                evs += lc.observe_health(now, "machine_stopped", stopped is not None, stopped,
-                                         stream_seconds=stop / self.sr)
-            if problem or stopped:
-                self.scorer.skip_to(start + self.hop)
-                evs += lc.window(now, None, start=start / self.sr, stop=stop / self.sr)
-            else:
-                score = float(self.scorer.score(self.ring, start, stop))
-                self.windows += 1
-                evs += lc.window(now, score, start=start / self.sr, stop=stop / self.sr)
+                evs += lc.observe_health(now, "machine_stopped", stopped is not None, stopped, stream_seconds=at)
+            evs += lc.window(now, score, start=start / self.sr, stop=at)
             audio = None
             for ev in evs:
                 if ev["event"] == ALERT:
