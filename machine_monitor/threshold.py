@@ -133,6 +133,26 @@ def _gamma_mle(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return a, m / a
 
 
+def _gamma_location(s: np.ndarray) -> float:
+    """Location (below the smallest score) of the gamma of highest likelihood with shape >= 1.
+
+    Shape >= 1 keeps the density finite at the location, so the likelihood has a maximum
+    (below 1 it grows without bound as the location nears the smallest score, and a
+    sham heavy tail follows). Profiled over a log-spaced grid of distances below the minimum.
+    """
+    from scipy.special import gammaln
+
+    lo = float(s.min())
+    spread = float(np.subtract(*np.percentile(s, [75, 25]))) or float(np.ptp(s)) or 1.0
+    locs = lo - spread * np.logspace(-3, 2, 60)
+    x = s[None, :] - locs[:, None]
+    a, scale = _gamma_mle(x)
+    a = np.maximum(a, 1.0)
+    scale = x.mean(axis=1) / a
+    ll = ((a - 1) * np.log(x).sum(axis=1) - x.sum(axis=1) / scale - s.size * (gammaln(a) + a * np.log(scale)))
+    return float(locs[int(np.nanargmax(ll))])
+
+
 @dataclasses.dataclass(frozen=True)
 class GammaTail:
     """A gamma distribution fitted to scores shifted to positive support.
@@ -164,9 +184,9 @@ class GammaTail:
         s = _finite(scores)
         if np.unique(s).size < 3:
             return cls(float("nan"), float("nan"), 0.0, int(s.size), float(s.max()))
-        # Support starts just below the smallest score when scores reach zero or below; else at 0.
-        lo = float(s.min())
-        shift = 0.0 if lo > 0 else lo - 1e-6 * max(1.0, float(np.ptp(s)))
+        # Positive scores (distances, energies) have a natural zero; scores that reach zero or below
+        # (standardised or fused scores, decision values) get the location of highest likelihood.
+        shift = 0.0 if float(s.min()) > 0 else _gamma_location(s)
         with np.errstate(all="ignore"):
             a, _, scale = stats.gamma.fit(s - shift, floc=0.0)
         if not (np.isfinite(a) and np.isfinite(scale) and a > 0 and scale > 0):

@@ -31,41 +31,41 @@ def _hums(n, seconds=3.0, start=0, level=0.1):
 
 
 @pytest.fixture(scope="module")
-def iforest():
+def ocsvm():
     """A cheap kind (no network) fitted on 16 three-second hums."""
-    return make_detector("iforest", seed=0).fit(_hums(16))
+    return make_detector("ocsvm", seed=0).fit(_hums(16))
 
 
-def test_every_unit_is_calibrated_and_says_what_it_rests_on(iforest):
-    cal = iforest.calibration_
+def test_every_unit_is_calibrated_and_says_what_it_rests_on(ocsvm):
+    cal = ocsvm.calibration_
     assert set(cal) >= {"clip", "long_file", "live", "levels", "expected", "warnings", "how"}
-    assert iforest.threshold_value_ == cal["clip"]["value"] and iforest.threshold_["n"] == cal["clip"]["n"] > 0
+    assert ocsvm.threshold_value_ == cal["clip"]["value"] and ocsvm.threshold_["n"] == cal["clip"]["n"] > 0
     assert cal["expected"]["clip_false_alarm_rate"] == pytest.approx(0.01)
     assert cal["live"]["target_false_alarms_per_day"] == pytest.approx(0.1)
     assert cal["live"]["value"] >= cal["clip"]["value"]
     # 16 clips, 20 % held out: the thresholds rest on few scores, and the model says so.
     assert any("only" in w for w in cal["warnings"])
-    assert iforest.long_file_threshold(1) == iforest.threshold_value_ < iforest.long_file_threshold(100)
+    assert ocsvm.long_file_threshold(1) == ocsvm.threshold_value_ < ocsvm.long_file_threshold(100)
 
 
-def test_calibration_survives_save_and_load(iforest, tmp_path):
-    iforest.save(tmp_path / "m")
+def test_calibration_survives_save_and_load(ocsvm, tmp_path):
+    ocsvm.save(tmp_path / "m")
     back = load_detector(tmp_path / "m")
-    assert back.calibration_["live"]["value"] == pytest.approx(iforest.calibration_["live"]["value"])
-    assert [len(s) for s in back.calibration_streams_] == [len(s) for s in iforest.calibration_streams_]
-    assert back.long_file_threshold(60) == pytest.approx(iforest.long_file_threshold(60))
+    assert back.calibration_["live"]["value"] == pytest.approx(ocsvm.calibration_["live"]["value"])
+    assert [len(s) for s in back.calibration_streams_] == [len(s) for s in ocsvm.calibration_streams_]
+    assert back.long_file_threshold(60) == pytest.approx(ocsvm.long_file_threshold(60))
     m = json.loads((tmp_path / "m" / "model.json").read_text())
-    assert m["calibration"]["clip"]["n"] == iforest.calibration_["clip"]["n"]
+    assert m["calibration"]["clip"]["n"] == ocsvm.calibration_["clip"]["n"]
     # Another target re-sets the live level from the stored out-of-fold streams, without rescoring.
     lower = back.set_false_alarms_per_day(10.0).calibration_["live"]
-    assert lower["value"] <= iforest.calibration_["live"]["value"]
+    assert lower["value"] <= ocsvm.calibration_["live"]["value"]
 
 
 @pytest.mark.slow
-def test_sessions_never_straddle_the_folds_of_the_default_detector():
+def test_sessions_never_straddle_the_folds_of_the_autoencoder_ensemble():
     clips = _hums(12, seconds=2.0)
     groups = [f"day{i // 3}" for i in range(12)]  # 4 sessions of 3 recordings
-    det = make_detector(**PEAK).fit(clips, groups=groups)
+    det = make_detector("ae", **PEAK).fit(clips, groups=groups)
     for g in set(groups):
         assert len({int(det.fold_of_[i]) for i, h in enumerate(groups) if h == g}) == 1
     assert "4 groups" in det.calibration_["how"] and "cross-fitted" in det.calibration_["how"]
@@ -76,35 +76,36 @@ def test_sessions_never_straddle_the_folds_of_the_default_detector():
 
 def test_sessions_of_a_kind_without_folds_are_calibrated_by_clones():
     groups = [f"s{i % 4}" for i in range(12)]
-    det = make_detector("iforest", seed=0).fit(_hums(12), groups=groups)
+    det = make_detector("ocsvm", seed=0).fit(_hums(12), groups=groups)
     assert "clones" in det.calibration_["how"] and "4 groups" in det.calibration_["how"]
     assert det.calibration_["clip"]["n"] == 12  # every recording scored by a clone blind to its session
 
 
 def test_a_single_session_is_a_loud_warning():
-    det = make_detector("iforest", seed=0).fit(_hums(8), groups=["one"] * 8)
+    det = make_detector("ocsvm", seed=0).fit(_hums(8), groups=["one"] * 8)
     assert any("one group" in w for w in det.calibration_["warnings"])
 
 
 # -- the monitor ------------------------------------------------------------------------
-def test_monitor_uses_the_calibrated_live_level_and_recalibrates_for_another_rule(iforest):
+def test_monitor_uses_the_calibrated_live_level_and_recalibrates_for_another_rule(ocsvm):
     src = ArraySource(hum(6.0, seed=99), SR, speed=0)
-    mon = Monitor(iforest, src)
-    assert mon.level == pytest.approx(iforest.calibration_["live"]["value"])
+    mon = Monitor(ocsvm, src)
+    assert mon.level == pytest.approx(ocsvm.calibration_["live"]["value"])
     assert "calibrated" in mon.level_source
-    stricter = Monitor(iforest, src, policy=AlertPolicy(k=1, n=1))
+    stricter = Monitor(ocsvm, src, policy=AlertPolicy(k=1, n=1))
     assert stricter.level >= mon.level  # one window alone must clear a higher bar for the same daily rate
     assert "re-calibrated" in stricter.level_source
-    by_hand = Monitor(iforest, src, policy=AlertPolicy(margin=0.5))
-    assert by_hand.level == pytest.approx(1.5 * iforest.threshold_value_)
+    by_hand = Monitor(ocsvm, src, policy=AlertPolicy(margin=0.5))
+    thr = ocsvm.threshold_value_
+    assert by_hand.level == pytest.approx(thr + 0.5 * abs(thr))
 
 
-def test_machine_stopped_is_a_state_not_an_alert_and_scoring_resumes(iforest):
+def test_machine_stopped_is_a_state_not_an_alert_and_scoring_resumes(ocsvm):
     rng = np.random.default_rng(5)
     quiet = (1e-4 * rng.standard_normal(8 * SR)).astype(np.float32)  # far below the training level, not silent
     y = np.concatenate([hum(6.0, seed=40), quiet, hum(6.0, seed=41)])
     sink = Events()
-    summary = Monitor(iforest, ArraySource(y, SR, speed=0), sinks=[sink]).run()
+    summary = Monitor(ocsvm, ArraySource(y, SR, speed=0), sinks=[sink]).run()
     kinds = sink.kinds()
     assert kinds.count("machine_stopped") == 1 and kinds.count("machine_running") == 1
     assert kinds.index("machine_stopped") < kinds.index("machine_running")
@@ -125,7 +126,7 @@ def test_sensiml_fan_live_replay_no_false_alert_on_a_normal_take_and_a_fault_tak
 
     spec = json.loads(split.read_text())
     root = (split.parent / spec["root"]).resolve()
-    det = make_detector(seed=0).fit([str(root / p) for p in spec["train"]])
+    det = make_detector("ae", seed=0).fit([str(root / p) for p in spec["train"]])  # the quickest to train
     normal = next(p for p, lab, _ in spec["test"] if lab == 0)
     fault = next(p for p, lab, _ in spec["test"] if lab == 1)
     off = sorted((root / "sensiml_fan").glob("OFF_*.wav"))[0]
