@@ -273,20 +273,53 @@ def load_audio(
         the message starts with the path.
     """
     path = Path(path)
-    parts, sr_in = [], None
-    # Block by block: multichannel data is downmixed as it arrives, so memory peaks at
-    # the mono signal, not at the whole file's channels (nor at what its header claims).
+    out: _Collector | None = None
+    stream = None
+    # Block by block: each block is downmixed and resampled (soxr's stream gives the same samples
+    # as resampling the whole signal) as it arrives, so memory peaks at the 16 kHz mono result,
+    # not at the file's rate and channels, nor at what its header claims.
     for block, info in iter_raw_blocks(path, block_seconds=BLOCK_SECONDS):
-        sr_in = info.samplerate
-        parts.append(to_mono(block, channel=channel, source=str(path)))
-    if not parts:
+        if out is None:
+            # PCM headers are exact (libsndfile bounds them by the file size): room for the result at
+            # once; a compressed file's claim is only an estimate, so it grows with the data instead.
+            exact = info.subtype.startswith(("PCM", "FLOAT", "DOUBLE", "ULAW", "ALAW"))
+            out = _Collector(int(np.ceil(info.frames * sr / info.samplerate)) + 64 if exact else 0)
+            if info.samplerate != sr:
+                stream = soxr.ResampleStream(info.samplerate, sr, 1, dtype="float32", quality="HQ")
+        y = to_mono(block, channel=channel, source=str(path))
+        if not np.isfinite(y).all():
+            # Check before resampling: soxr would smear one NaN over the whole clip.
+            check_signal(y, source=str(path))
+        out.add(stream.resample_chunk(y) if stream is not None else y)
+    if out is None:
         raise AudioReadError(f"{path}: contains no audio samples (header only)")
-    y = parts[0] if len(parts) == 1 else np.concatenate(parts)
-    del parts
-    if not np.isfinite(y).all():
-        # Check before resampling: soxr would smear one NaN over the whole clip.
-        check_signal(y, source=str(path))
-    return check_signal(_resample(y, sr_in, sr), sr=sr, min_samples=min_samples, source=str(path))
+    if stream is not None:
+        out.add(stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
+    return check_signal(out.result(), sr=sr, min_samples=min_samples, source=str(path))
+
+
+class _Collector:
+    """Concatenates float32 blocks into one array, preallocated when the final size is known."""
+
+    def __init__(self, expected: int = 0):
+        self.buf = np.empty(expected, dtype=np.float32) if expected > 0 else None
+        self.parts: list[np.ndarray] = []
+        self.n = 0
+
+    def add(self, y: np.ndarray) -> None:
+        if self.buf is not None and self.n + y.size <= self.buf.size:
+            self.buf[self.n:self.n + y.size] = y
+        else:
+            if self.buf is not None:  # the header was short of the data: keep what is there
+                self.parts.append(self.buf[:self.n])
+                self.buf = None
+            self.parts.append(np.asarray(y, dtype=np.float32))
+        self.n += y.size
+
+    def result(self) -> np.ndarray:
+        if self.buf is not None:
+            return self.buf[:self.n]
+        return self.parts[0] if len(self.parts) == 1 else np.concatenate(self.parts)
 
 
 def read_blocks(
