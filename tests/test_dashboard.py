@@ -114,7 +114,7 @@ class _without_token:  # noqa: N801 - the served service with its [dashboard] to
 
 
 def test_a_port_in_use_is_a_clear_error(served):
-    with pytest.raises(ConfigError, match=f"cannot serve on 127.0.0.1:{served['port']}"):
+    with pytest.raises(ConfigError, match=f"cannot serve on 127.0.0.1:{served['port']} \\(Address already in use"):
         start_dashboard(served["service"], port=served["port"], announce=lambda line: None, ready_timeout=5)
 
 

@@ -628,6 +628,25 @@ def create_app(service, *, token: str | None = None, bind: str | None = None, st
     return app
 
 
+def _listen(bind: str, port: int):
+    """A listening socket on ``bind:port`` (``ConfigError`` saying why not: in use, no such address)."""
+    import socket
+
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(bind, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise ConfigError(f"dashboard: cannot serve on {bind}:{port} ({exc.strerror or exc})") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"dashboard: cannot serve on {bind}:{port} ({exc.strerror or exc})") from None
+    return sock
+
+
 class DashboardServer:
     """The dashboard served by uvicorn in a daemon thread (see :func:`start_dashboard`)."""
 
@@ -662,15 +681,15 @@ def start_dashboard(service, *, bind: str | None = None, port: int | None = None
         port if port is not None else dash.port)
     stop_event = threading.Event()
     app = create_app(service, token=token, bind=bind, stop_event=stop_event, announce=False)
-    config = uvicorn.Config(app, host=bind, port=int(port), log_level="warning", access_log=False,
-                            timeout_graceful_shutdown=2, lifespan="off")
+    sock = _listen(bind, int(port))
+    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=2, lifespan="off")
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # the service owns the signals
     failed: list[BaseException] = []
 
     def run() -> None:
         try:
-            server.run()
+            server.run(sockets=[sock])
         except BaseException as exc:  # noqa: BLE001 - reported to the starting thread below
             failed.append(exc)
 
@@ -681,13 +700,10 @@ def start_dashboard(service, *, bind: str | None = None, port: int | None = None
         time.sleep(0.02)
     if not server.started:
         server.should_exit = True
+        sock.close()
         reason = failed[0] if failed else "it did not start in time"
-        raise ConfigError(f"dashboard: cannot serve on {bind}:{port} ({reason or 'the port is in use?'})")
-    actual = port
-    for s in getattr(server, "servers", []) or []:
-        for sock in s.sockets:
-            actual = sock.getsockname()[1]
-            break
+        raise ConfigError(f"dashboard: cannot serve on {bind}:{port} ({reason})")
+    actual = sock.getsockname()[1]
     host = f"[{bind}]" if ":" in bind else bind
     url = f"http://{'127.0.0.1' if bind in ('0.0.0.0', '') else host}:{actual}/"
     say = announce or (lambda line: log.warning("%s", line))
