@@ -196,9 +196,12 @@ def test_each_alert_lists_its_evidence_and_the_picture_is_drawn(served):
 
 
 def test_the_page_and_every_asset_come_from_the_package(served):
-    status, _, page = request(served["port"], "GET", "/")
+    status, headers, page = request(served["port"], "GET", "/")
     assert status == 200
+    assert "script-src" not in headers["content-security-policy"]  # default-src 'self': no other script
+    assert "default-src 'self'" in headers["content-security-policy"] and headers["x-frame-options"] == "DENY"
     text = page.decode()
+    assert "<script>" not in text  # no inline script: the policy would block it
     assert "<title>machine-monitor: pump3, fan1</title>" in text
     assert "http://" not in text and "https://" not in text and "//cdn" not in text
     for asset in ("/static/uPlot.iife.min.js", "/static/uPlot.min.css", "/static/dashboard.js",

@@ -220,6 +220,10 @@ def test_a_live_alert_appears_its_evidence_plays_and_the_acknowledgement_is_stor
     wait_for(lambda: d.find_elements(By.CSS_SELECTOR, ".alert[data-machine='fan1']"), 30, "fan1's alert")
     d.execute_script("window.scrollTo(0, 0)")
     time.sleep(1.2)  # one more live update of the timelines
+    assert d.execute_script("return document.querySelectorAll('.chart canvas').length") == 2  # uPlot drew
+    problems = [e["message"] for e in d.get_log("browser")  # not the other tab's refused requests (401, 404)
+                if e["level"] == "SEVERE" and not re.search(r"status of 40[14] ", e["message"])]
+    assert problems == []  # no script error, nothing the content security policy blocked
     shot = artefact(page["tmp"], "dashboard.png")
     assert d.save_screenshot(str(shot)) and shot.stat().st_size > 20_000
     print(f"screenshot: {shot}")

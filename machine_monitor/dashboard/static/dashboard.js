@@ -68,9 +68,10 @@
     tok.addEventListener("change", function () { localStorage.setItem("mm-token", tok.value.trim()); note(); });
   })();
 
+  // An action: says what went wrong itself and resolves to null then (callers act on success only).
   function act(url, body) {
-    if (!who.value.trim()) { who.focus(); say("Type your name first (top right): it is recorded with the action."); return Promise.reject(); }
-    if (!tok.value.trim()) { tok.focus(); say("Paste the dashboard token (printed when the service started) top right."); return Promise.reject(); }
+    if (!who.value.trim()) { who.focus(); say("Type your name first (top right): it is recorded with the action."); return Promise.resolve(null); }
+    if (!tok.value.trim()) { tok.focus(); say("Paste the dashboard token (printed when the service started) top right."); return Promise.resolve(null); }
     body.who = who.value.trim();
     return fetch(url, {method: "POST", headers: {"Content-Type": "application/json",
       "Authorization": "Bearer " + tok.value.trim()}, body: JSON.stringify(body)})
@@ -81,7 +82,7 @@
           return d;
         });
       })
-      .catch(function (e) { say(e.message); throw e; });
+      .catch(function (e) { say(e.message); return null; });
   }
 
   // -- overview ------------------------------------------------------------------------------
@@ -123,7 +124,7 @@
         h("span", {text: "Silenced: " + (s.machine || "every machine") + " until " + when(s.until) + " by " + s.who +
           (s.reason ? " (" + s.reason + ")" : "")}),
         h("button", {type: "button", on: {click: function () {
-          act("/api/silences/" + s.id + "/end", {}).then(function () { say("Silence ended.", true); refresh(); });
+          act("/api/silences/" + s.id + "/end", {}).then(function (d) { if (d) { say("Silence ended.", true); refresh(); } });
         }}}, "End now")));
     });
   }
@@ -135,8 +136,8 @@
     });
     var reason = h("input", {size: 12, placeholder: "reason (optional)"});
     return h("div", {"class": "actions"}, h("button", {type: "button", id: "silence-btn-" + name, on: {click: function () {
-      act("/api/silences", {machine: name, minutes: Number(sel.value), reason: reason.value}).then(function () {
-        say(name + " silenced for " + sel.options[sel.selectedIndex].text + ".", true); refresh();
+      act("/api/silences", {machine: name, minutes: Number(sel.value), reason: reason.value}).then(function (d) {
+        if (d) { say(name + " silenced for " + sel.options[sel.selectedIndex].text + ".", true); refresh(); }
       });
     }}}, "Silence"), sel, reason);
   }
@@ -281,7 +282,9 @@
       a.silenced ? h("span", {"class": "muted", text: "(raised during a silence)"}) : null,
       a.acknowledged ? h("span", {"class": "muted ack", text: "acknowledged by " + a.acknowledged.who + " at " + when(a.acknowledged.epoch)})
         : h("button", {type: "button", "class": "primary", id: "ack-" + a.id, on: {click: function () {
-          act("/api/alerts/" + a.id + "/ack", {}).then(function () { say("Alert #" + a.episode + " on " + a.machine + " acknowledged.", true); refresh(); });
+          act("/api/alerts/" + a.id + "/ack", {}).then(function (d) {
+            if (d) { say("Alert #" + a.episode + " on " + a.machine + " acknowledged.", true); refresh(); }
+          });
         }}}, "Acknowledge"),
       h("button", {type: "button", id: "toggle-" + a.id, on: {click: function () { S.open[a.id] = !S.open[a.id]; renderAlerts(); }}},
         S.open[a.id] ? "Hide evidence" : "Show evidence"));
