@@ -274,7 +274,7 @@ def test_evidence_recorded_as_a_relative_path_or_a_bare_name_is_found(served):
 
 
 def test_a_silenced_machine_says_so_in_the_overview(served):
-    served["service"].silence("fan1", time.time() + 4, "carl", "belt change")  # over by itself
+    served["service"].silence("fan1", time.time() + 2.5, "carl", "belt change")  # over by itself
 
     def states():
         return {m["name"]: m["state"] for m in json.loads(request(served["port"], "GET", "/api/state")[2])["machines"]}
@@ -282,3 +282,18 @@ def test_a_silenced_machine_says_so_in_the_overview(served):
     got = wait_for(lambda: states()["fan1"] == "silenced" and states(), 3, "fan1 to show as silenced")
     assert got["pump3"] != "silenced"
     wait_for(lambda: states()["fan1"] != "silenced", 8, "the silence to end")
+
+
+def test_score_timelines_of_the_hour_and_the_day_come_from_the_running_machines(served):
+    def scores(path):
+        status, _, body = request(served["port"], "GET", path)
+        return status, json.loads(body)
+
+    status, hour = wait_for(lambda: (s := scores("/api/machines/pump3/scores?range=hour"))[1]["t"] and s, 20,
+                            "pump3's first scores")
+    assert status == 200 and len(hour["t"]) == len(hour["score"]) and all(np.diff(hour["t"]) > 0)
+    assert time.time() - hour["t"][-1] < 10 and all(s is None or s >= 0 for s in hour["score"])
+    status, day = scores("/api/machines/pump3/scores?range=day")
+    assert status == 200 and 0 < len(day["t"]) <= len(hour["t"]) and all(t % 30 == 0 for t in day["t"])
+    assert scores("/api/machines/pump3/scores?range=week")[0] == 400
+    assert scores("/api/machines/nope/scores")[0] == 404

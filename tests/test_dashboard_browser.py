@@ -218,6 +218,9 @@ def test_a_live_alert_appears_its_evidence_plays_and_the_acknowledgement_is_stor
     wait_for(lambda: "acknowledged by anna" in text_of(d, f"alert-{alert_id}"), 10,
              "the page to show who acknowledged")
     wait_for(lambda: d.find_elements(By.CSS_SELECTOR, ".alert[data-machine='fan1']"), 30, "fan1's alert")
+    d.find_element(By.CSS_SELECTOR, ".range button[data-range='day']").click()  # the day, then back
+    time.sleep(0.5)
+    d.find_element(By.CSS_SELECTOR, ".range button[data-range='hour']").click()
     d.execute_script("window.scrollTo(0, 0)")
     time.sleep(1.2)  # one more live update of the timelines
     assert d.execute_script("return document.querySelectorAll('.chart canvas').length") == 2  # uPlot drew
