@@ -324,7 +324,14 @@
   }
 
   function loadAlerts() {
-    return getJSON("/api/alerts?limit=30").then(function (a) { S.alerts = a; renderAlerts(); drawCharts(); });
+    return getJSON("/api/alerts?limit=30").then(function (a) {
+      if (S.opened) {  // an alert that arrives while the page is open shows its evidence at once
+        var known = {};
+        S.alerts.forEach(function (x) { known[x.id] = true; });
+        a.forEach(function (x) { if (!known[x.id] && !x.ended) S.open[x.id] = true; });
+      }
+      S.alerts = a; renderAlerts(); drawCharts();
+    });
   }
 
   function refresh() {
