@@ -212,7 +212,7 @@ def summarise(runs: list[dict]) -> str:
     for split, rs in by_split.items():
         r0 = rs[0]
         ev = (f"{split}: clip threshold rests on {min(r['threshold_n'] for r in rs)} out-of-fold scores, long-file on "
-              f"{min(r['long_file_n'] for r in rs)}, live level on {min(r['live_n'] for r in rs)} windows "
+              f"{min(r['long_file_n'] for r in rs)}, live level on {min(r['live_n'] for r in rs)} block maxima "
               f"({(r0.get('live_audio_s') or 0) / 60:.1f} min)")
         if "off_alerts" in r0:
             ev += "; OFF takes: alerts " + _per_seed([r["off_alerts"] for r in rs], "d") + \
