@@ -86,6 +86,18 @@ def test_a_single_session_is_a_loud_warning():
     assert any("one group" in w for w in det.calibration_["warnings"])
 
 
+def test_scan_judges_a_long_file_by_the_worst_window_threshold_for_its_length(ocsvm, tmp_path):
+    import soundfile as sf
+
+    from machine_monitor.filescore import score_file
+
+    path = tmp_path / "long.wav"
+    sf.write(path, hum(60.0, seed=77), SR)  # 20 clip lengths of normal sound
+    row = score_file(ocsvm, path)
+    assert row.n_segments == 20
+    assert row.threshold == pytest.approx(ocsvm.long_file_threshold(20)) and row.threshold > ocsvm.threshold_value_
+
+
 # -- the monitor ------------------------------------------------------------------------
 def test_monitor_uses_the_calibrated_live_level_and_recalibrates_for_another_rule(ocsvm):
     src = ArraySource(hum(6.0, seed=99), SR, speed=0)
