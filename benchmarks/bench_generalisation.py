@@ -67,6 +67,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--json", type=Path, metavar="OUT")
     ap.add_argument("--costs", action="store_true", help="measure fit / scan / floor costs instead (valve split)")
     ap.add_argument("--runs", type=int, default=3, help="--costs: timed passes per contender (median)")
+    ap.add_argument("--save-model", type=Path, metavar="DIR", help="--costs: save the calibrated valve model here")
     ap.add_argument("--matrix", type=Path, metavar="JSON", help="print the compact table of an earlier --json run")
     return ap.parse_args(argv)
 
@@ -89,6 +90,8 @@ def costs(args) -> int:
     t0 = time.perf_counter()
     det = MultiViewDetector(seed=0).fit(train)
     fit_full = time.perf_counter() - t0
+    if args.save_model:
+        det.save(args.save_model)
     print(f"fit on {len(train)} clips: {fit_bare:.1f} s members only "
           f"({', '.join(f'{k} {v:.1f} s' for k, v in bare.member_fit_seconds_.items())}); "
           f"{fit_full:.1f} s with the out-of-fold calibration (goal <= 30 s)")

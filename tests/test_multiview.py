@@ -223,3 +223,27 @@ def test_scan_rows_carry_each_members_standardised_score(det, tmp_path):
     assert row.score == pytest.approx(max(members.values()), abs=1e-3)  # the fused score is the largest z
     # A CSV row holds them as JSON text and reads back.
     assert ScanRow.from_record(row.to_record(flat=True)).members == members
+
+
+def test_stream_scores_equal_whole_window_scores(det):
+    """The monitor's stream scorer computes each log-mel frame once, and scores every
+    window exactly as score_signal scores that window's audio."""
+    from machine_monitor.live.windows import RingBuffer
+
+    y = np.concatenate([clip(700), clip(701, "knocks", 2.0), clip(702)])
+    window, hop = det.feature_config.min_samples, 16 * det.feature_config.hop_length
+    ring = RingBuffer(y.size)
+    ring.extend(y)
+    stream = det.streaming()
+    starts = list(range(0, y.size - window + 1, hop))
+    got = [stream.score(ring, s, s + window) for s in starts]
+    want = [det.score_signal(y[s:s + window]) for s in starts]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    # After a gap (the monitor skips silence) the next window starts afresh, still exact.
+    stream.reset(0)
+    stream.score(ring, 0, window)
+    s = 6 * hop
+    stream.skip_to(s)
+    assert stream.score(ring, s, s + window) == pytest.approx(det.score_signal(y[s:s + window]), rel=1e-4)
+    off_grid = s + 100  # not on the frame grid: scored whole
+    assert stream.score(ring, off_grid, off_grid + window) == det.score_signal(y[off_grid:off_grid + window])
