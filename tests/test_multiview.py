@@ -201,11 +201,14 @@ def test_registry_makes_the_kind():
 @pytest.mark.realaudio
 @pytest.mark.slow
 def test_default_ranks_the_valve_split(valve_split):
-    """Valve split: 25 training clips, 20 normal and 20 anomalous test clips (a fixed subset)."""
+    """Valve split: 25 training clips, 20 normal and 20 anomalous test clips (a fixed subset;
+    measured 0.90 at seed 0, the full split 0.92: benchmarks/README.md)."""
     labels = valve_split["labels"]
     normal = [p for p, lab in zip(valve_split["test"], labels) if lab == 0][::2][:20]
     faulty = [p for p, lab in zip(valve_split["test"], labels) if lab == 1][::5][:20]
-    det = MultiViewDetector(seed=0).fit(valve_split["train"][::2])
+    det = MultiViewDetector(seed=0)
+    det.calibrate_on_fit = False  # the ranking does not depend on it
+    det.fit(valve_split["train"][::2])
     auc = roc_auc_score(np.r_[np.zeros(len(normal)), np.ones(len(faulty))], det.score(normal + faulty))
     assert auc > 0.85
 
