@@ -12,6 +12,11 @@ every ``rescan_seconds`` while other devices run, and re-opens their streams at
 once: their machines see a short gap (their windows restart; no event), not a
 lost device. One machine's device failing therefore never stops the others.
 
+Such a re-scan costs the other machines a window of monitoring (their windows restart after the
+gap), so while a device stays missing the re-scans become rarer: after ``rescan_seconds`` (60 s),
+then twice as long each time it is still missing, up to ``rescan_max_seconds`` (15 min). With no
+other device running, every re-open attempt re-scans.
+
 A :class:`HubSource` has the shape of every other source (``start``, ``read``,
 ``stop``, ``stats``, ``describe``), so the machine loop cannot tell it from a
 file replay; ``generation`` changes whenever its stream was re-opened.
@@ -74,19 +79,23 @@ class DeviceHub:
 
     Parameters
     ----------
-    rescan_seconds : float
+    rescan_seconds, rescan_max_seconds : float
         While other devices are running, re-initialise PortAudio (to find a
-        re-plugged device) at most this often.
+        re-plugged device) at most this often, doubling while the device stays
+        missing, up to the maximum.
     block_seconds : float
         Duration of one block.
     """
 
-    def __init__(self, *, rescan_seconds: float = 60.0, block_seconds: float = 0.1):
+    def __init__(self, *, rescan_seconds: float = 60.0, rescan_max_seconds: float = 900.0,
+                 block_seconds: float = 0.1):
         self.rescan_seconds = rescan_seconds
+        self.rescan_max_seconds = rescan_max_seconds
         self.block_seconds = block_seconds
         self._lock = threading.RLock()
         self._streams: dict[str, _Stream] = {}
         self._last_rescan = -math.inf
+        self._rescan_wait = rescan_seconds
         self.rescans = 0
 
     def source(self, device, *, channel: int | None = None, samplerate: float | None = None,
@@ -136,9 +145,17 @@ class DeviceHub:
     def _open(self, st: _Stream, need: int, *, rescan: bool) -> None:
         sd = import_sounddevice()
         others = any(s.stream is not None for s in self._streams.values() if s is not st)
-        if rescan and (not others or time.monotonic() - self._last_rescan >= self.rescan_seconds):
+        rescanned = False
+        if rescan and (not others or time.monotonic() - self._last_rescan >= self._rescan_wait):
             self._rescan(sd, keep=st)
-        info = resolve_device(st.info["name"] if st.info else st.device)
+            rescanned = others
+        try:
+            info = resolve_device(st.info["name"] if st.info else st.device)
+        except AudioDeviceError:
+            if rescanned:  # it cost the other machines a window and found nothing: wait longer next time
+                self._rescan_wait = min(2 * self._rescan_wait, self.rescan_max_seconds)
+            raise
+        self._rescan_wait = self.rescan_seconds
         channels = min(2, info["channels"]) if need < 0 else need
         if channels > info["channels"]:
             raise AudioDeviceError(f"{info['name']} has {info['channels']} input channels, cannot use channel "
