@@ -289,7 +289,8 @@ def _sink(path: Path, name: str, table) -> SinkConfig:
 
 def _resolve(path: Path, p: str) -> Path:
     q = Path(p).expanduser()
-    return q if q.is_absolute() else (path.parent / q)
+    # Absolute: the service's events name evidence files that other processes (the dashboard) open.
+    return q if q.is_absolute() else (path.resolve().parent / q)
 
 
 def _machine(path: Path, name: str, table, defaults: dict, sinks: dict) -> MachineConfig:
