@@ -365,6 +365,11 @@ class MultiViewDetector(BaseDetector):
     def streaming(self) -> MultiViewStream:
         """A stream scorer that computes each log-mel frame of the stream once (see :class:`MultiViewStream`)."""
         self._check_fitted()
+        # Build the numpy copies of the networks now, not inside the first hop's time budget.
+        probe = np.zeros((self.feature_config.context, self.feature_config.n_mels), dtype=np.float32)
+        self.member_window_scores(probe)
+        for m in self.members_.values():
+            m.stack()
         return MultiViewStream(self)
 
     def score_members(self, y: np.ndarray) -> tuple[float, dict[str, float]]:
