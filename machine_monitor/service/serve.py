@@ -532,7 +532,7 @@ class Service:
                     log.info("status: %s", self.status_line())
                 if now >= next_prune:
                     next_prune = now + 3600
-                    removed = self.store.prune(now)
+                    removed = self.store.prune(now, sinks=list(self.workers))
                     if removed:
                         log.info("event store: %d old events removed", removed)
                 if self._reload.is_set():

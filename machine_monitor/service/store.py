@@ -356,11 +356,18 @@ class EventStore:
         return [dict(zip(keys, r)) for r in rows]
 
     # -- retention -----------------------------------------------------------------
-    def prune(self, now: float | None = None) -> int:
-        """Apply retention; returns how many events were removed."""
+    def prune(self, now: float | None = None, *, sinks=None) -> int:
+        """Apply retention; returns how many events were removed.
+
+        ``sinks``: the cursors that count (the sinks configured now); ``None``: every cursor.
+        A sink removed from the configuration no longer holds events back.
+        """
         now = time.time() if now is None else now
         with self._lock:
-            delivered = min(self.cursors().values(), default=self.last_id())
+            cursors = self.cursors()
+            if sinks is not None:
+                cursors = {k: v for k, v in cursors.items() if k in set(sinks)}
+            delivered = min(cursors.values(), default=self.last_id())
             total = self.count()
             removed = 0
             if self.max_age_days is not None:
