@@ -158,3 +158,31 @@ def test_serve_check_validates_without_starting(tmp_path, tiny_model, capsys):  
     assert err.startswith(f"machine-monitor: error: {bad}: machines.pump3.modle: unknown key (known: ")
     assert main(["serve", "--print-systemd-unit", str(good)]) == 0
     assert f"serve {good.resolve()}" in capsys.readouterr().out
+
+
+def test_events_follow_prints_each_new_matching_event_once(tmp_path):
+    import json
+    import subprocess
+    import sys
+    import threading
+
+    from machine_monitor.service.store import EventStore
+
+    store = EventStore(tmp_path / "events.db")
+    store.append({"event": "heartbeat"})
+    proc = subprocess.Popen([sys.executable, "-m", "machine_monitor.cli", "events", "--store", str(store.path),
+                             "--follow", "--kind", "alert", "--format", "jsonl"], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    timer = threading.Timer(30, proc.kill)  # a hang fails the test instead of blocking it
+    timer.start()
+    try:
+        ids = []
+        for episode in (1, 2):
+            store.append({"event": "heartbeat"})
+            ids.append(store.append({"event": "alert", "machine": "pump", "episode": episode})["id"])
+            got = json.loads(proc.stdout.readline())
+            assert got["id"] == ids[-1] and got["event"] == "alert"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        timer.cancel()

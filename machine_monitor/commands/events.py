@@ -33,6 +33,8 @@ def register(sub) -> None:
     p.add_argument("--limit", type=int, default=50, help="at most this many (the newest); 0 = all")
     p.add_argument("--format", choices=("table", "jsonl"), default="table",
                    help="one aligned line per event, or one JSON object per line")
+    p.add_argument("-f", "--follow", action="store_true",
+                   help="then keep printing new events as they are stored (Ctrl-C ends it)")
     p.set_defaults(run=run_events)
 
     a = sub.add_parser("ack", help="acknowledge an alert (stops its repeat notifications)", epilog=EPILOG)
@@ -114,17 +116,27 @@ def run_events(args) -> int:
     limit = args.limit or None
     evs = store.events(since_id=args.after_id, machine=args.machine, kinds=args.kind, since_epoch=_since(args.since),
                        limit=limit, newest_first=True)[::-1]
-    if args.format == "jsonl":
-        for ev in evs:
-            print(json.dumps(ev))
-        return 0
     from machine_monitor.service.serve import describe
 
-    print(f"{'id':>6}  {'time (UTC)':<23}  event")
+    def show(ev: dict) -> None:
+        if args.format == "jsonl":
+            print(json.dumps(ev), flush=True)
+        else:
+            text = describe(ev).rsplit(" [event", 1)[0]
+            print(f"{ev['id']:>6}  {ev['time'][:23]:<23}  {text}", flush=True)
+
+    if args.format == "table":
+        print(f"{'id':>6}  {'time (UTC)':<23}  event")
     for ev in evs:
-        text = describe(ev).rsplit(" [event", 1)[0]
-        print(f"{ev['id']:>6}  {ev['time'][:23]:<23}  {text}")
+        show(ev)
     print(f"{len(evs)} event(s) from {store.path}", file=sys.stderr)
+    # Newer matching events can only come after the newest shown (or, with none, after the end now).
+    last = evs[-1]["id"] if evs else max(args.after_id, store.last_id())
+    while args.follow:  # Ctrl-C ends it (exit 130)
+        time.sleep(0.5)
+        for ev in store.events(since_id=last, machine=args.machine, kinds=args.kind, limit=None):
+            show(ev)
+            last = ev["id"]
     return 0
 
 
