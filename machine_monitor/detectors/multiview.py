@@ -556,7 +556,9 @@ class _Stack:
 def _mahalanobis(r: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.ndarray:
     """Squared Mahalanobis distance of residual rows ``r`` ``(..., d)``: ``(...)``."""
     d = r - mean
-    return np.einsum("...j,...j->...", d @ precision, d)
+    # One matrix product for every network's rows (a (K, n, d) @ (d, d) product loops over K).
+    q = (d.reshape(-1, d.shape[-1]) @ precision).reshape(d.shape)
+    return np.einsum("...j,...j->...", q, d)
 
 
 class _Member:
