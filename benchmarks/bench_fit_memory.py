@@ -37,6 +37,7 @@ def main(argv=None) -> int:
     ap.add_argument("--features", default="peak", help="peak (default detector) or logmel (5-frame windows)")
     ap.add_argument("--long-hours", type=float, default=None, help="train on long files of this many hours")
     ap.add_argument("--long-mix", choices=("two", "mixed"), default="mixed")
+    ap.add_argument("--detector", default=None, help="detector kind for --long-hours (default: train's default)")
     ap.add_argument("--workdir", type=Path, default=None, help="where to write the long files (default: a temp dir)")
     args = ap.parse_args(argv)
     if args.long_hours:
@@ -107,9 +108,13 @@ def long_files(args) -> int:
         del source
         before = rss_mb()
         t0 = time.perf_counter()
-        det = Detector(features=args.features, epochs=1, patience=1).fit([f[0] for f in files])
+        from machine_monitor.detectors.registry import DEFAULT_KIND, make_detector
+
+        kind = args.detector or DEFAULT_KIND
+        det = (make_detector(kind, epochs=1, patience=1) if kind != "ae"
+               else Detector(features=args.features, epochs=1, patience=1)).fit([f[0] for f in files])
         seconds = time.perf_counter() - t0
-    print(f"features {det.feature_config.kind}  files {len(files)} ({args.long_mix})  audio {hours:g} h  "
+    print(f"{kind}: features {det.feature_config.kind}  files {len(files)} ({args.long_mix})  audio {hours:g} h  "
           f"fit(1 epoch) {seconds:.1f} s")
     print(f"peak RSS {rss_mb():.0f} MB (before fit: {before:.0f} MB); bound 1024 MB")
     return 0 if rss_mb() <= 1024 else 1

@@ -165,9 +165,11 @@ def read_training_clip(clip, config, *, channel: int | None = None, name: str | 
 
     sr = config.sr
     block = int(FEATURE_BLOCK_SECONDS * sr)
+    expected = 0
     if isinstance(clip, (str, os.PathLike)):
         name = str(clip)
         info = audio_info(clip)
+        expected = int(info.seconds * sr)
         stats = ClipStats(name, chain=info.chain())
         if info.seconds > LONG_FILE_SECONDS:
             blocks = read_blocks(clip, block_seconds=FEATURE_BLOCK_SECONDS, sr=sr, channel=channel)
@@ -185,19 +187,21 @@ def read_training_clip(clip, config, *, channel: int | None = None, name: str | 
             chain = None
         stats = ClipStats(name, chain=chain)
         blocks = (y[i:i + block] for i in range(0, y.size, block))
-    parts, carry, peak = [], np.zeros(0, dtype=np.float32), 0.0
-    for b in blocks:
-        if not np.isfinite(b).all():
-            check_signal(b, sr=sr, source=name)  # raises, naming the non-finite samples
-        peak = max(peak, float(np.max(np.abs(b))) if b.size else 0.0)
-        if peak > MAX_ABS_SAMPLE:
-            check_signal(b, sr=sr, source=name)
-        stats.update(b)
-        buf = np.concatenate([carry, b]) if carry.size else b
-        k = config.n_frames(buf.size)
-        if k:
-            parts.append(feature_frames(buf[: (k - 1) * config.hop_length + _first(config)], config))
-        carry = buf[k * config.hop_length:].copy()
+        expected = y.size
+    peak = 0.0
+
+    def checked(blocks):
+        nonlocal peak
+        for b in blocks:
+            if not np.isfinite(b).all():
+                check_signal(b, sr=sr, source=name)  # raises, naming the non-finite samples
+            peak = max(peak, float(np.max(np.abs(b))) if b.size else 0.0)
+            if peak > MAX_ABS_SAMPLE:
+                check_signal(b, sr=sr, source=name)
+            stats.update(b)
+            yield b
+
+    f = frames_of_blocks(checked(blocks), config, feature_frames=feature_frames, expected_samples=expected)
     if stats.n == 0:
         raise AudioReadError(f"{name}: contains no audio samples")
     if stats.n < config.min_samples:
@@ -205,9 +209,44 @@ def read_training_clip(clip, config, *, channel: int | None = None, name: str | 
                              f"({config.min_samples / sr:.3f} s)")
     if peak < SILENCE_PEAK:
         raise SilentAudioError(f"{name}: is digitally silent (no sample above -96 dBFS)")
-    f = parts[0] if len(parts) == 1 else np.concatenate(parts) if parts else np.zeros((0, config.frame_dims),
-                                                                                       np.float32)
     return f, stats
+
+
+def frames_of_blocks(blocks, config, *, feature_frames=None, expected_samples: int = 0) -> np.ndarray:
+    """``frames(signal, config)`` of a signal given as consecutive blocks, in bounded memory.
+
+    The STFT's overlap is carried from block to block, so the result equals the frames of
+    the whole signal; memory is the frames (grown geometrically) plus one block, not the
+    signal's STFT (an hour of audio at once is ~1 GB).
+    """
+    if feature_frames is None:
+        from machine_monitor.features import frames as feature_frames
+    hop, first = config.hop_length, _first(config)
+    out = np.empty((max(config.n_frames(expected_samples), 16), config.frame_dims), dtype=np.float32)
+    n, carry = 0, np.zeros(0, dtype=np.float32)
+    for b in blocks:
+        buf = np.concatenate([carry, b]) if carry.size else b
+        k = config.n_frames(buf.size)
+        if k:
+            part = feature_frames(buf[: (k - 1) * hop + first], config)
+            if n + len(part) > len(out):
+                grown = np.empty((max(2 * len(out), n + len(part)), config.frame_dims), dtype=np.float32)
+                grown[:n] = out[:n]
+                out = grown
+            out[n:n + len(part)] = part
+            n += len(part)
+        carry = buf[k * hop:].copy()
+    return out[:n]
+
+
+def frames_in_blocks(y: np.ndarray, config, *, block_seconds: float = FEATURE_BLOCK_SECONDS) -> np.ndarray:
+    """``frames(y, config)`` computed block by block (same values; bounded transient memory)."""
+    block = max(int(block_seconds * config.sr), config.n_fft)
+    if y.size <= block:
+        from machine_monitor.features import frames as feature_frames
+
+        return feature_frames(y, config)
+    return frames_of_blocks((y[i:i + block] for i in range(0, y.size, block)), config, expected_samples=y.size)
 
 
 def _first(config) -> int:
@@ -376,7 +415,7 @@ def screen_clips(stats: Sequence[ClipStats], *, min_keep: int = 2, refuse: bool 
     result = Screening(keep=keep, left_out=left, statistics=statistics)
     if refuse:
         n_keep = int(keep.sum())
-        if n_keep < min_keep or (left and len(left) >= MAX_LEFT_OUT * n):
+        if left and (n_keep < min_keep or len(left) >= MAX_LEFT_OUT * n):
             listed = "; ".join(f"{d['clip']}: {d['reason']}" for d in left[:5])
             more = f" (and {len(left) - 5} more)" if len(left) > 5 else ""
             raise ConfigError(f"only {n_keep} of {n} training clips look like the same machine and recording "

@@ -674,12 +674,16 @@ def expected_alerts_per_day(calibration: dict, level: float) -> float:
 # --------------------------------------------------------------------------------------
 def block_levels_db(y, *, sr: int, block_seconds: float = LEVEL_BLOCK_SECONDS) -> np.ndarray:
     """RMS level (dBFS) of consecutive blocks of a signal, shape ``(n_blocks,)`` (at least one)."""
-    y = np.asarray(y, dtype=np.float64)
+    y = np.asarray(y)
     b = max(1, int(round(block_seconds * sr)))
     n = y.size // b
     if n == 0:
-        return np.array([10 * np.log10(np.mean(y ** 2) + 1e-20)])
-    return 10 * np.log10(np.mean(y[: n * b].reshape(n, b) ** 2, axis=1) + 1e-20)
+        return np.array([10 * np.log10(np.mean(np.square(y, dtype=np.float64)) + 1e-20)])
+    # A few hundred blocks at a time: an hour of audio squared in float64 at once would take 1.4 GB.
+    rows = y[: n * b].reshape(n, b)
+    step = max(1, (1 << 22) // b)
+    ms = np.concatenate([np.mean(np.square(rows[i:i + step], dtype=np.float64), axis=1) for i in range(0, n, step)])
+    return 10 * np.log10(ms + 1e-20)
 
 
 def level_profile(levels_db, *, margin_db: float = STOPPED_MARGIN_DB) -> dict:

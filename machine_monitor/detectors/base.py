@@ -33,7 +33,7 @@ import numpy as np
 
 from machine_monitor.audio.io import load_clip
 from machine_monitor.errors import ConfigError, ModelError, NotFittedError
-from machine_monitor.features import FeatureConfig, frames
+from machine_monitor.features import FeatureConfig
 from machine_monitor.persistence import (
     ARRAYS_FILE,
     MANIFEST,
@@ -171,8 +171,10 @@ class BaseDetector:
 
     def _frames(self, y: np.ndarray) -> np.ndarray:
         """Standardised units ``(n_units, frame_dims)`` of a signal: frames, or peak spans."""
+        from machine_monitor.screening import frames_in_blocks
+
         cfg = self.feature_config
-        f = cfg.units(frames(y, cfg))
+        f = cfg.units(frames_in_blocks(y, cfg))  # block by block: a long signal's STFT at once is ~1 GB an hour
         f -= self.feature_mean_
         f /= self.feature_std_
         return f

@@ -71,6 +71,32 @@ def _stream_scores(score, y: np.ndarray, window: int, hop: int) -> np.ndarray:
     return np.asarray(out, dtype=np.float64)
 
 
+class _Signals:
+    """The calibration's recordings as 16 kHz signals, held in memory up to a budget and
+    re-read when used beyond it: hours of training audio never sit in memory at once (issue 14)."""
+
+    BUDGET_SAMPLES = 32_000_000  # 128 MB of float32
+
+    def __init__(self, det):
+        self.det, self.items, self.held = det, [], 0
+
+    def add(self, clip, i: int) -> None:
+        y = self.det.load_signal(clip, i)  # raises for a clip that cannot be used
+        keep = self.held + y.size <= self.BUDGET_SAMPLES
+        self.held += y.size if keep else 0
+        self.items.append((clip, i, y if keep else None, y.size))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, k: int) -> np.ndarray:
+        clip, i, y, _ = self.items[k]
+        return y if y is not None else self.det.load_signal(clip, i)
+
+    def __iter__(self):
+        return (self[k] for k in range(len(self)))
+
+
 def _split_at_gaps(s: np.ndarray) -> list[np.ndarray]:
     """Continuous runs of finite scores (the monitor restarts its history after a gap)."""
     runs, cur = [], []
@@ -136,10 +162,10 @@ def calibrate(det, clips: list, *, groups=None, signals=None, rate: float | None
         raise ConfigError(f"got {len(groups)} group labels for {len(clips)} recordings")
     if signals is None:
         # The clips the detector trained on: a clip shorter than its span was left out of training.
-        signals, kept = [], []
+        signals, kept = _Signals(det), []
         for i, c in enumerate(clips):
             try:
-                signals.append(det.load_signal(c, i))
+                signals.add(c, i)
                 kept.append(i)
             except AudioReadError as exc:
                 log.info("not used for calibration: %s", exc)

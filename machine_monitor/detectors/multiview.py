@@ -57,7 +57,6 @@ from machine_monitor.detectors.base import BaseDetector, StreamScorer, as_clip_l
 from machine_monitor.errors import ConfigError, ModelError
 from machine_monitor.features import (
     FeatureConfig,
-    frames,
     gather_windows,
     mean_windows,
     peak_windows,
@@ -195,7 +194,9 @@ class MultiViewDetector(BaseDetector):
 
     def logmel(self, y: np.ndarray) -> np.ndarray:
         """The shared log-mel ``(n_frames, n_mels)`` in dB of a validated signal, computed once."""
-        return frames(y, self.feature_config)
+        from machine_monitor.screening import frames_in_blocks
+
+        return frames_in_blocks(y, self.feature_config)  # block by block: bounded memory for long signals
 
     def view_units(self, member: str, f: np.ndarray, *, step: int = FRAME_STEP) -> np.ndarray:
         """Unstandardised rows of ``member``'s view of log-mel frames ``f``.
@@ -287,10 +288,13 @@ class MultiViewDetector(BaseDetector):
         base = self._feature_kind_config()
         self.feature_config_ = base.fitted_to(1)
         logmels, seconds = [], []
+        from machine_monitor.screening import read_training_clip
+
         for i, clip in enumerate(tqdm(clips, desc="features", unit="clip", disable=not self.progress, leave=False)):
-            y_ = self.load_signal(clip, i)
-            seconds.append(y_.size / base.sr)
-            logmels.append(frames(y_, self.feature_config_))
+            # Frames block by block: a long file costs its frames, not its signal and STFT (issue 14).
+            f_, stats_ = read_training_clip(clip, self.feature_config_, channel=self.channel, name=clip_name(clip, i))
+            seconds.append(stats_.n / base.sr)
+            logmels.append(f_)
         self.clip_seconds_ = float(np.median(seconds))
         lengths = np.array([len(f) for f in logmels])
         self.feature_config_ = cfg = base.fitted_to(int(np.median(lengths)))
