@@ -43,6 +43,7 @@ SPLITS_DIR = ROOT.parent / "shared" / "data" / "splits"
 # A "detector" key picks another kind (detectors.registry.DETECTOR_KINDS) with the other keys as its parameters.
 DETECTORS: dict[str, dict] = {
     "default": {},
+    "ae-peak": {"detector": "ae"},
     "ae-mahalanobis": {"scorer": "mahalanobis"},
     "ae-iforest": {"scorer": "iforest"},
     "aegmm": {"detector": "aegmm"},
@@ -123,10 +124,12 @@ def fit_and_score(row: str, seed: int, train: list[Path], test: list[Path]):
         t0 = time.perf_counter()
         scores = model.decision_function([str(p) for p in test])
     else:
-        from machine_monitor.detectors.registry import make_detector
+        from machine_monitor.detectors.registry import DEFAULT_KIND, make_detector
 
         kwargs = dict(DETECTORS[row])
-        model = make_detector(kwargs.pop("detector", "ae"), **kwargs, seed=seed)
+        # No "detector" key: the shipped default kind ("default"), or the autoencoder for ae-* rows.
+        kind = kwargs.pop("detector", DEFAULT_KIND if row == "default" else "ae")
+        model = make_detector(kind, **kwargs, seed=seed)
         t0 = time.perf_counter()
         model.fit(train)
         fit_s = time.perf_counter() - t0
