@@ -186,3 +186,45 @@ class DefaultsHelpFormatter(argparse.HelpFormatter):
                 or not action.option_strings or "default" in text or "%(default)" in text):
             return text
         return f"{text} (default: %(default)s)"
+
+
+class LibraryDefault:
+    """An option whose default the library owns: ``--help`` shows the library's value, and a
+    command passes on only what the user gave (:func:`given`), so defaults live in the library once.
+
+    ``where`` is ``"module:Class.param"`` (a keyword default of ``Class.__init__``; several
+    joined by ``+`` for an option of several values), or ``"module:CONSTANT"``; it is
+    imported only when ``--help`` is printed, so building the parser stays light.
+    """
+
+    def __init__(self, where: str):
+        self.where = where
+
+    def value(self):
+        import importlib
+        import inspect
+
+        module, _, name = self.where.partition(":")
+        obj_name, _, param = name.partition(".")
+        obj = getattr(importlib.import_module(module), obj_name)
+        if not param:
+            return obj
+        values = tuple(inspect.signature(obj).parameters[p].default for p in param.split("+"))
+        return values if len(values) > 1 else values[0]
+
+    def __str__(self) -> str:
+        v = self.value()
+        return " ".join(map(str, v)) if isinstance(v, tuple) else str(v)
+
+    __repr__ = __str__
+
+
+def given(args, *names: str, rename: dict | None = None) -> dict:
+    """The options in ``names`` that the user set (library defaults left out), as keyword arguments."""
+    rename = rename or {}
+    return {rename.get(n, n): getattr(args, n) for n in names
+            if getattr(args, n, None) is not None and not isinstance(getattr(args, n), LibraryDefault)}
+
+
+class RawDescriptionDefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter, DefaultsHelpFormatter):
+    """:class:`DefaultsHelpFormatter` that keeps the description's own line breaks."""

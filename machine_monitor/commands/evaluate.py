@@ -11,11 +11,17 @@ readable clip, bad model).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from machine_monitor.commands.common import add_model_arg, check_output_dir, resolve_model
+from machine_monitor.commands.common import (
+    LibraryDefault,
+    RawDescriptionDefaultsHelpFormatter,
+    add_model_arg,
+    check_output_dir,
+    given,
+    resolve_model,
+)
 
 HELP = "measure a detector on labelled test clips (AUC, pAUC, precision, recall, F1, confusion matrix)"
 DESCRIPTION = HELP + """.
@@ -31,15 +37,15 @@ no readable clip) or the model could not be used."""
 
 def register(sub) -> None:
     p = sub.add_parser("evaluate", help=HELP, description=DESCRIPTION,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+                       formatter_class=RawDescriptionDefaultsHelpFormatter)
     add_model_arg(p)
     p.add_argument("inputs", nargs="+", metavar="TEST_DIR_OR_SPLIT",
                    help="labelled folders or files, or one split .json file")
     p.add_argument("--plots", type=Path, metavar="DIR",
                    help="write ROC, precision-recall, score-distribution and per-clip score PNGs here")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the metrics and every clip's score as JSON")
-    p.add_argument("--max-fpr", type=float, default=0.1, help="pAUC covers false-positive rates up to this "
-                   "(default: 0.1, as DCASE)")
+    p.add_argument("--max-fpr", type=float, default=LibraryDefault("machine_monitor.reports.evaluate:DEFAULT_MAX_FPR"),
+                   help="pAUC covers false-positive rates up to this, as the DCASE baselines")
     p.set_defaults(run=run)
 
 
@@ -128,7 +134,7 @@ def run(args) -> int:
         raise ConfigError(f"none of the {len(clips)} clips could be read (first: {clips.paths[0]}: {errors[0]})")
     domains = [d for d, good in zip(clips.domains, ok) if good]
     metrics = evaluate_scores(clips.labels[ok], scores[ok], det.threshold_value_,
-                              domains=domains if any(domains) else None, max_fpr=args.max_fpr,
+                              domains=domains if any(domains) else None, **given(args, "max_fpr"),
                               per_clip_thresholds=thresholds[ok])
     error_rows = [{"path": str(clips.paths[i]), "error": e} for i, e in errors.items()]
     print(_fmt_report(model, metrics, len(clips), error_rows))
@@ -149,7 +155,7 @@ def run(args) -> int:
 
         subtitle = f"{Path(model).name}: {metrics['n']} clips ({metrics['n_anomaly']} anomalous)"
         written = write_plots(args.plots, clips.labels[ok], scores[ok], det.threshold_value_, domains=domains,
-                              names=[str(p) for p, good in zip(clips.paths, ok) if good], max_fpr=args.max_fpr,
+                              names=[str(p) for p, good in zip(clips.paths, ok) if good], **given(args, "max_fpr"),
                               subtitle=subtitle)
         print(f"wrote {', '.join(str(p) for p in written)}", file=sys.stderr)
     return 0

@@ -8,8 +8,10 @@ from pathlib import Path
 
 from machine_monitor.commands.common import (
     DefaultsHelpFormatter,
+    LibraryDefault,
     add_channel_arg,
     add_model_arg,
+    given,
     nonnegative_float,
     positive_float,
     positive_int,
@@ -18,6 +20,7 @@ from machine_monitor.commands.common import (
 
 #: After Ctrl-C / SIGTERM, a running --on-alert command gets this long before it is killed.
 STOP_SECONDS = 3.0
+_POLICY = "machine_monitor.live.policy:AlertPolicy"
 HELP = "listen to a machine through a microphone (or replay a file) and raise alerts"
 EPILOG = ("exit codes: 0 no alert episode, 1 at least one alert episode, 2 model/device/usage error, "
           "130 stopped by Ctrl-C or SIGTERM (the summary is printed first)")
@@ -43,11 +46,13 @@ def register(sub) -> None:
                    help="seconds of audio scored at each hop (default: one feature window of the model: for the "
                    "default peak models their span, 10 s or the training clips' length; for frame models 2 s, or the "
                    "clip length if shorter; the start-up line says what is used)")
-    w.add_argument("--hop", type=positive_float, default=0.5, metavar="S",
+    w.add_argument("--hop", type=positive_float, metavar="S",
+                   default=LibraryDefault("machine_monitor.live.monitor:DEFAULT_HOP_SECONDS"),
                    help="seconds between windows (rounded to whole feature frames)")
-    w.add_argument("--k-of-n", type=positive_int, nargs=2, default=(3, 5), metavar=("K", "N"),
+    w.add_argument("--k-of-n", type=positive_int, nargs=2, default=LibraryDefault(f"{_POLICY}.k+n"), metavar=("K", "N"),
                    help="alert when K of the last N windows are anomalous")
-    w.add_argument("--quiet-period", type=nonnegative_float, default=30.0, metavar="S",
+    w.add_argument("--quiet-period", type=nonnegative_float, default=LibraryDefault(f"{_POLICY}.quiet_seconds"),
+                   metavar="S",
                    help="an alert episode ends after S seconds without an anomalous window")
     w.add_argument("--margin", type=nonnegative_float, default=None,
                    help="a window is anomalous above clip threshold + MARGIN * |threshold| instead of the model's "
@@ -94,8 +99,9 @@ def run(args) -> int:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)
-    policy = AlertPolicy(k=args.k_of_n[0], n=args.k_of_n[1], quiet_seconds=args.quiet_period, margin=args.margin,
-                         false_alarms_per_day=args.false_alarms_per_day)
+    rule = {} if isinstance(args.k_of_n, LibraryDefault) else {"k": args.k_of_n[0], "n": args.k_of_n[1]}
+    policy = AlertPolicy(**rule, **given(args, "quiet_period", "margin", "false_alarms_per_day",
+                                         rename={"quiet_period": "quiet_seconds"}))
     if args.input is not None:
         source = FileSource(args.input, speed=args.speed, channel=args.channel)
     else:
@@ -104,7 +110,8 @@ def run(args) -> int:
     runner = CommandRunner(argv) if argv else None
     sinks = [EvidenceWriter(args.evidence_dir), JsonlLog(args.alert_log),
              ConsoleSink(before=status.clear if status else None)] + ([runner] if runner else [])
-    monitor = Monitor(det, source, policy=policy, sinks=sinks, window_seconds=args.window, hop_seconds=args.hop,
+    monitor = Monitor(det, source, policy=policy, sinks=sinks, window_seconds=args.window,
+                      hop_seconds=given(args, "hop").get("hop"),
                       model_name=Path(model_dir).resolve().name, on_window=status)
     if args.input is not None and source.seconds < monitor.window_seconds:
         raise AudioReadError(f"{args.input}: is {source.seconds:.2f} s long, shorter than one "

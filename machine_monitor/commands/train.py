@@ -8,11 +8,13 @@ from pathlib import Path
 from machine_monitor.commands.common import (
     DEFAULT_MODELS_DIR,
     DefaultsHelpFormatter,
+    LibraryDefault,
     add_channel_arg,
     check_device,
     default_model_name,
     existing_audio_files,
     fraction,
+    given,
     nonnegative_int,
     percentile,
     positive_float,
@@ -22,6 +24,11 @@ from machine_monitor.commands.common import (
 from machine_monitor.detectors.registry import DEFAULT_KIND, DETECTOR_KINDS
 
 HELP = "train a detector on recordings of a machine running normally"
+
+
+def _kind_default(param: str) -> LibraryDefault:
+    """The default detector's own default for ``param`` (shown in --help, never passed on)."""
+    return LibraryDefault(f"machine_monitor.detectors.multiview:MultiViewDetector.{param}")
 
 
 def register(sub) -> None:
@@ -50,25 +57,30 @@ def register(sub) -> None:
                    "default: all)")
     g.add_argument("--scorer", default=None,
                    help="window score on the reconstruction: mahalanobis (default) | mse")
-    g.add_argument("--aggregate", default="mean", help="clip score from window scores: mean | max | median | pNN")
+    g.add_argument("--aggregate", default=_kind_default("aggregate"),
+                   help="clip score from window scores: mean | max | median | pNN")
     g.add_argument("--epochs", type=positive_int, default=None,
                    help="maximum training epochs (ae: default 1000 for peak features, 100 for frame features, "
                    "early stopping on held-out clips; "
                    "aegmm/vaegmm: default 30)")
     g.add_argument("--folds", type=positive_int, default=None,
                    help="ae: cross-fitted ensemble of this many networks (default 5 for peak features, 1 otherwise)")
-    g.add_argument("--batch-size", type=positive_int, default=256, help="training examples per optimiser step")
-    g.add_argument("--lr", type=positive_float, default=1e-3, help="learning rate (Adam)")
-    g.add_argument("--val-fraction", type=fraction, default=0.2, help="share of clips held out for validation")
-    g.add_argument("--seed", type=nonnegative_int, default=0,
+    g.add_argument("--batch-size", type=positive_int,
+                   default=_kind_default("batch_size"), help="training examples per optimiser step")
+    g.add_argument("--lr", type=positive_float, default=_kind_default("lr"), help="learning rate (Adam)")
+    g.add_argument("--val-fraction", type=fraction,
+                   default=_kind_default("val_fraction"), help="share of clips held out for validation")
+    g.add_argument("--seed", type=nonnegative_int, default=_kind_default("seed"),
                    help="seeds the clip split, initialisation and batch order (same seed, same model on CPU)")
     g.add_argument("--device", type=torch_device, default=None,
                    help="torch device: cpu, cuda, cuda:N or mps (default: a GPU if present, else cpu)")
     add_channel_arg(g)
     t = p.add_argument_group("threshold")
-    t.add_argument("--percentile", type=percentile, default=99.0,
+    t.add_argument("--percentile", type=percentile,
+                   default=_kind_default("percentile"),
                    help="alarm above this percentile of held-out normal clip scores")
-    t.add_argument("--threshold-method", choices=("gamma", "percentile"), default="gamma",
+    t.add_argument("--threshold-method", choices=("gamma", "percentile"),
+                   default=_kind_default("threshold_method"),
                    help="percentile of a gamma distribution fitted to the held-out scores (extrapolates past the "
                    "few clips held out), or of the scores themselves")
     t.add_argument("--contamination", type=fraction, default=None, metavar="FRACTION",
@@ -136,34 +148,28 @@ def run(args) -> int:
 
 
 def _make_detector(args, ConfigError):
-    """The detector the options ask for (unfitted)."""
+    """The detector the options ask for (unfitted); options left at their default are not passed,
+    so the kind's own defaults apply."""
     from machine_monitor.detectors.registry import make_detector
 
     if args.detector is None:  # options only the autoencoder kind has ask for it
         args.detector = "ae" if (args.post or args.anomalies or args.scorer or args.features == "raw") else DEFAULT_KIND
-
+    common = dict(given(args, "aggregate", "percentile", "threshold_method", "val_fraction", "seed"),
+                  device=args.device, channel=args.channel, progress=args.progress)
+    training = given(args, "epochs", "batch_size", "lr")
     if args.detector == "multiview":
         if args.post or args.anomalies or args.scorer:
             raise ConfigError("--post, --anomalies and --scorer apply to --detector ae, not multiview")
         from machine_monitor.detectors.multiview import members_for_features
 
-        tuning = {k: v for k, v in (("epochs", args.epochs), ("folds", args.folds)) if v is not None}
-        return make_detector("multiview", members=members_for_features(args.features), aggregate=args.aggregate,
-                             percentile=args.percentile, threshold_method=args.threshold_method,
-                             val_fraction=args.val_fraction, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                             device=args.device, channel=args.channel, progress=args.progress, **tuning)
+        return make_detector("multiview", members=members_for_features(args.features), **common, **training,
+                             **given(args, "folds"))
     features = args.features or ("peak" if args.detector == "ae" else "logmel")
-    common = dict(features=features, aggregate=args.aggregate, percentile=args.percentile,
-                  threshold_method=args.threshold_method, val_fraction=args.val_fraction, seed=args.seed,
-                  device=args.device, channel=args.channel, progress=args.progress)
     if args.detector == "ae":
         scorer = args.post or ("hist-rf" if args.anomalies else args.scorer or "mahalanobis")
-        return make_detector("ae", scorer=scorer, epochs=args.epochs, folds=args.folds, batch_size=args.batch_size,
-                             lr=args.lr, **common)
+        return make_detector("ae", scorer=scorer, features=features, **common, **training, **given(args, "folds"))
     if args.post or args.anomalies or args.scorer:
         raise ConfigError(f"--post, --anomalies and --scorer apply to --detector ae, not {args.detector}")
-
     if args.detector in ("aegmm", "vaegmm"):
-        return make_detector(args.detector, epochs=args.epochs or 30, batch_size=args.batch_size, lr=args.lr,
-                             **common)
-    return make_detector(args.detector, **common)
+        return make_detector(args.detector, features=features, **common, **training)
+    return make_detector(args.detector, features=features, **common)
