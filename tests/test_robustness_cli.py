@@ -250,3 +250,13 @@ def test_a_fifo_given_to_scan_or_train_is_refused_not_waited_on(model, recs, tmp
     code = run_cli(["-q", "train", str(recs), str(fifo), "--out", str(tmp_path / "m")])
     one_line_error(capsys, code, "pipe.wav: is a FIFO (named pipe), not an audio file")
     assert time.monotonic() - t0 < 30
+
+
+def test_monitor_banner_shows_the_margin_as_a_percentage(model, tmp_path, capsys):
+    wav = tmp_path / "normal.wav"
+    sf.write(wav, hum(4.0, seed=41), SR)
+    code = run_cli(["monitor", "--model", str(model), "--input", str(wav), "--speed", "0", "--margin", "0.1",
+                    "--alert-log", str(tmp_path / "a.jsonl"), "--evidence-dir", str(tmp_path / "ev")])
+    err = capsys.readouterr().err
+    assert code in (0, 1), err
+    assert "clip threshold + 10 %" in err
