@@ -76,6 +76,47 @@ def test_a_group_that_scores_above_the_threshold_out_of_fold_is_reported():
     assert not any("sessions differ" in w for w in quiet["warnings"])
 
 
+def _fused_z_scores(rng, size):
+    """A standardised fused score (the default detector's): the largest of 4 standard normal member z."""
+    return rng.standard_normal((4, *np.atleast_1d(size))).max(axis=0)
+
+
+def test_z_scale_clip_threshold_is_a_normal_prediction_bound_with_about_the_promised_rate():
+    # Standardised scores (negative too) get a normal tail at its predictive quantile, not a gamma:
+    # averaged over many small training sets, the share of fresh scores above it is about the rate.
+    rng = np.random.default_rng(0)
+    fa, ratio = [], []
+    for _ in range(60):
+        cal = clip_calibration(_fused_z_scores(rng, 30), rate=0.01, scale="z")
+        fresh = _fused_z_scores(rng, 20_000)
+        fa.append(np.mean(fresh > cal["value"]))
+        ratio.append(cal["value"] / np.max(fresh[:30]))
+    assert cal["method"] == "normal" and cal["scale"] == "z" and cal["gamma"] is None
+    assert "expected" in cal["promise"]
+    assert 0.004 <= np.mean(fa) <= 0.025, np.mean(fa)
+    # It stays near the data: a bound, not an extrapolation far beyond the scores it rests on.
+    assert np.median(ratio) < 1.5
+
+
+def test_z_scale_bound_grows_as_scores_get_fewer_and_an_unknown_scale_is_refused():
+    rng = np.random.default_rng(1)
+    s = _fused_z_scores(rng, 400)
+    few, many = clip_calibration(s[:12], scale="z"), clip_calibration(s, scale="z")
+    t = [c["tail"] for c in (few, many)]
+    assert (few["value"] - t[0]["mean"]) / t[0]["sd"] > (many["value"] - t[1]["mean"]) / t[1]["sd"]
+    with pytest.raises(ConfigError):
+        clip_calibration(s, scale="decibels")
+
+
+def test_z_scale_long_file_threshold_round_trips_through_its_dict():
+    rng = np.random.default_rng(2)
+    cal = long_file_calibration(_fused_z_scores(rng, 200), rate=0.05, scale="z")
+    t = [worst_window_threshold(cal, n) for n in (1, 10, 100)]
+    assert t == sorted(t) and cal["tail"]["family"] == "normal"
+    files = _fused_z_scores(rng, (100, 2000)).max(axis=0)
+    assert 0.01 <= np.mean(files > t[2]) <= 0.15
+
+
 # -- long file ---------------------------------------------------------------------------
 def test_worst_window_threshold_grows_with_the_number_of_windows_and_keeps_the_file_rate():
     rng = np.random.default_rng(1)
@@ -137,6 +178,28 @@ def test_live_level_gives_about_the_target_alerts_per_day_on_a_long_normal_strea
     assert cal["n"] == 8 * 30  # block maxima of M (598 values a stream) over 20-window blocks: no shared audio
     bound = live_calibration(train, rule, false_alarms_per_day=100.0, block=20, confidence=0.9)
     assert bound["value"] > cal["value"]
+
+
+def test_z_scale_live_level_models_block_maxima_with_a_gumbel_and_errs_high():
+    # Standardised window scores (a moving average of normal noise: overlapping windows, negative
+    # too): the block maxima get a Gumbel; normal maxima are lighter-tailed than a Gumbel, so
+    # the level errs high: fewer false alerts than the target, never many more.
+    rng = np.random.default_rng(0)
+    rule = AlertRule(k=3, n=5, quiet_windows=20, hop_seconds=0.5)
+
+    def stream(n, span=20):
+        return np.convolve(rng.standard_normal(n + span - 1), np.ones(span) / np.sqrt(span), mode="valid")
+
+    train = [stream(600) for _ in range(8)]
+    cal = live_calibration(train, rule, false_alarms_per_day=100.0, block=20, scale="z")
+    assert cal["scale"] == "z" and cal["tail"]["family"] == "gumbel" and cal["gamma"] is None
+    assert cal["expected_false_alarms_per_day"] == pytest.approx(100.0, rel=1e-3)
+    days = 4
+    per_day = count_alerts(stream(int(days * rule.windows_per_day)), cal["value"], k=3, n=5, quiet_windows=20) / days
+    assert per_day <= 100 * 3, per_day
+    assert cal["value"] < 2 * max(s.max() for s in train)  # near the data, not far beyond it
+    levels = [live_calibration(train, rule, false_alarms_per_day=r, block=20, scale="z")["value"] for r in (10, 0.1)]
+    assert levels[0] < levels[1]
 
 
 def test_live_level_rises_as_the_target_rate_falls():

@@ -129,6 +129,16 @@ def test_calibration_uses_the_members_fold_parts(det):
     np.testing.assert_array_equal(det.fold_of_, det.member_folds_)
 
 
+def test_fused_scores_are_calibrated_on_their_z_scale(det):
+    # Fused scores are standardised (negative too): a normal prediction bound, not a gamma (issue 10).
+    clip = det.calibration_["clip"]
+    assert det.score_scale == "z" and clip["scale"] == "z" and clip["method"] == "normal"
+    oof = det.val_scores_
+    t = clip["tail"]
+    assert t["n"] == oof.size and t["mean"] == pytest.approx(oof.mean()) and t["sd"] == pytest.approx(oof.std(ddof=1))
+    assert det.calibration_["long_file"]["tail"]["family"] == "normal"
+
+
 def test_faults_score_higher_than_new_normal_clips(det):
     normal = det.score([clip(200 + i) for i in range(4)])
     faulty = det.score([clip(300 + i, "squeal", 3.0) for i in range(2)] + [clip(310, "level", 3.0)])

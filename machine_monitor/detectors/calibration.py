@@ -269,22 +269,24 @@ def _calibrate_from(det, signals, groups, fold_of, scorers, *, how, rate, target
     if unit_scores.size < MIN_SCORES and independent.size > unit_scores.size:
         evidence, source = independent, "out-of-fold scores of non-overlapping live windows"
         unit_groups = None
+    # The kind declares its score's scale: the tail model of the clip and long-file units follows it.
+    scale = getattr(det, "score_scale", "positive")
     if getattr(det, "threshold_method", "gamma") == "percentile":
         clip = {**percentile_threshold(evidence, percentile=100 * (1 - rate)), "n": int(evidence.size),
                 "expected_false_alarm_rate": rate, "warnings": []}
         if evidence.size < MIN_SCORES:
             clip["warnings"].append(f"the clip threshold rests on only {evidence.size} out-of-fold scores")
     else:
-        clip = clip_calibration(evidence, rate=rate, groups=unit_groups)
+        clip = clip_calibration(evidence, rate=rate, groups=unit_groups, scale=scale)
     clip["evidence"] = source
     clip["n_recordings"] = len(clips)
     clip["percentile"] = 100.0 * (1.0 - rate)
     clip["n_scores"] = clip["n"]
-    long_file = long_file_calibration(evidence, rate=rate, floor=clip["value"])
+    long_file = long_file_calibration(evidence, rate=rate, floor=clip["value"], scale=scale)
     long_file["evidence"] = source
     long_file["segment_seconds"] = segment / sr
     live = live_calibration(streams, live_rule, false_alarms_per_day=target, block=stride,
-                            audio_seconds=float(sum(y.size for y in signals) / sr))
+                            audio_seconds=float(sum(y.size for y in signals) / sr), scale=scale)
     live["window_seconds"], live["hop_seconds"] = window / sr, hop / sr
     live["quiet_seconds"] = quiet_seconds
     # The live level never sits below the clip threshold: a window flagged live is at least a flagged clip.

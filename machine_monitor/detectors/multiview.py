@@ -147,6 +147,9 @@ class MultiViewDetector(BaseDetector):
     """
 
     kind = "multiview"
+    #: Fused scores are standardised (z-like, unbounded below): the calibration's tail model
+    #: for that scale (:func:`machine_monitor.threshold.tail_model`).
+    score_scale = "z"
 
     def __init__(self, *, members: Sequence[str] = VIEWS, fusion: str = "max", folds: int = 5,
                  aggregate: str = "mean", percentile: float = DEFAULT_PERCENTILE, threshold_method: str = "gamma",
