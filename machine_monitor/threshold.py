@@ -280,21 +280,29 @@ class NormalTail:
     sd: float
     n: int
     max_score: float
+    n_eff: int = 0
     family = "normal"
 
     @classmethod
-    def fit(cls, scores, **_) -> NormalTail:
+    def fit(cls, scores, *, n_eff: int | None = None, **_) -> NormalTail:
+        """``n_eff``: independent scores among them (e.g. recordings, when several windows of one
+        recording are scores): the prediction bound counts these (default: every score)."""
         s = _finite(scores)
+        ne = int(max(2, min(s.size, n_eff or s.size)))
         if np.unique(s).size < 3:
-            return cls(float("nan"), float("nan"), int(s.size), float(s.max()))
-        return cls(float(s.mean()), float(s.std(ddof=1)), int(s.size), float(s.max()))
+            return cls(float("nan"), float("nan"), int(s.size), float(s.max()), ne)
+        return cls(float(s.mean()), float(s.std(ddof=1)), int(s.size), float(s.max()), ne)
 
     @property
     def fitted(self) -> bool:
         return bool(np.isfinite(self.sd) and self.sd > 0)
 
+    @property
+    def _df(self) -> int:
+        return max(1, (self.n_eff or self.n) - 1)
+
     def _spread(self) -> float:
-        return self.sd * math.sqrt(1.0 + 1.0 / self.n)
+        return self.sd * math.sqrt(1.0 + 1.0 / (self.n_eff or self.n))
 
     def isf(self, p: float, *, confidence: float | None = None) -> float:
         """The score a fresh one exceeds with expected probability ``p`` (predictive)."""
@@ -303,7 +311,7 @@ class NormalTail:
         if not self.fitted:
             return self.max_score
         p = min(max(float(p), 1e-300), 1.0)
-        return float(self.mean + self._spread() * stats.t.isf(p, self.n - 1))
+        return float(self.mean + self._spread() * stats.t.isf(p, self._df))
 
     def sf(self, x) -> np.ndarray:
         """Predictive probability that a fresh score exceeds ``x``."""
@@ -312,7 +320,7 @@ class NormalTail:
         x = np.asarray(x, dtype=np.float64)
         if not self.fitted:
             return (x < self.max_score).astype(np.float64)
-        return stats.t.sf((x - self.mean) / self._spread(), self.n - 1)
+        return stats.t.sf((x - self.mean) / self._spread(), self._df)
 
     def to_dict(self) -> dict:
         d = {"family": self.family, **dataclasses.asdict(self)}
@@ -323,7 +331,7 @@ class NormalTail:
         def num(v):
             return float("nan") if v is None else float(v)
 
-        return cls(num(d["mean"]), num(d["sd"]), int(d["n"]), float(d["max_score"]))
+        return cls(num(d["mean"]), num(d["sd"]), int(d["n"]), float(d["max_score"]), int(d.get("n_eff", 0)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -567,7 +575,8 @@ def kth_of_last_n(scores, *, k: int, n: int) -> np.ndarray:
 # the decision units
 # --------------------------------------------------------------------------------------
 def clip_calibration(clip_scores, *, rate: float = DEFAULT_CLIP_FALSE_ALARM_RATE, groups=None,
-                     confidence: float = DEFAULT_CONFIDENCE, scale: str = "positive") -> dict:
+                     confidence: float = DEFAULT_CONFIDENCE, scale: str = "positive",
+                     n_eff: int | None = None) -> dict:
     """The clip threshold: ``1 - rate`` quantile of a tail model fitted to out-of-fold clip scores.
 
     The tail model follows the score's declared ``scale`` (:func:`tail_model`).
@@ -592,6 +601,9 @@ def clip_calibration(clip_scores, *, rate: float = DEFAULT_CLIP_FALSE_ALARM_RATE
         ``positive`` scale: the rate holds with this confidence (0: the point estimate).
     scale : {"positive", "z"}
         The score's scale, as the detector kind declares it (``score_scale``).
+    n_eff : int or None
+        How many of the scores are independent (recordings, when the scores are
+        windows of a few recordings): the bound's uncertainty counts these.
 
     Returns
     -------
@@ -602,7 +614,7 @@ def clip_calibration(clip_scores, *, rate: float = DEFAULT_CLIP_FALSE_ALARM_RATE
     """
     rate = _check_rate(rate)
     s = _finite(clip_scores)
-    tail = tail_model(scale).fit(s)
+    tail = tail_model(scale).fit(s, n_eff=n_eff)
     if scale == "z":
         confidence = 0.0
     warnings = []
@@ -672,7 +684,7 @@ def worst_window_threshold(calibration: dict, n_windows: int) -> float:
 
 def long_file_calibration(window_scores, *, rate: float = DEFAULT_CLIP_FALSE_ALARM_RATE,
                           floor: float | None = None, confidence: float = DEFAULT_CONFIDENCE,
-                          scale: str = "positive") -> dict:
+                          scale: str = "positive", n_eff: int | None = None) -> dict:
     """The worst-window calibration: the scale's tail model (:func:`tail_model`) fitted to
     out-of-fold scan-window scores.
 
@@ -681,7 +693,7 @@ def long_file_calibration(window_scores, *, rate: float = DEFAULT_CLIP_FALSE_ALA
     """
     rate = _check_rate(rate)
     s = _finite(window_scores)
-    tail = tail_model(scale).fit(s)
+    tail = tail_model(scale).fit(s, n_eff=n_eff)
     if scale == "z":
         confidence = 0.0
     out = {"method": f"{tail.family}, family-wise over n windows", "n": int(s.size),

@@ -108,6 +108,13 @@ def test_z_scale_bound_grows_as_scores_get_fewer_and_an_unknown_scale_is_refused
         clip_calibration(s, scale="decibels")
 
 
+def test_z_scale_bound_counts_independent_recordings_not_windows():
+    # 14 window scores from 6 recordings are not 14 independent scores: a higher, wider bound.
+    s = _fused_z_scores(np.random.default_rng(4), 14)
+    windows, recordings = clip_calibration(s, scale="z"), clip_calibration(s, scale="z", n_eff=6)
+    assert recordings["value"] > windows["value"] and recordings["tail"]["n_eff"] == 6 and recordings["n"] == 14
+
+
 def test_z_scale_long_file_threshold_round_trips_through_its_dict():
     rng = np.random.default_rng(2)
     cal = long_file_calibration(_fused_z_scores(rng, 200), rate=0.05, scale="z")

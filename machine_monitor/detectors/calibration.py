@@ -266,9 +266,13 @@ def _calibrate_from(det, signals, groups, fold_of, scorers, *, how, rate, target
     evidence, source = unit_scores, "out-of-fold clip scores"
     stride = max(1, math.ceil(window / hop))
     independent = np.concatenate([s[::stride] for s in streams]) if streams else np.zeros(0)
+    n_eff = None
     if unit_scores.size < MIN_SCORES and independent.size > unit_scores.size:
         evidence, source = independent, "out-of-fold scores of non-overlapping live windows"
         unit_groups = None
+        # Windows of one recording are not independent scores: the bound's uncertainty counts recordings.
+        n_eff = min(len(signals), int(independent.size))
+        source += f" of {n_eff} recordings"
     # The kind declares its score's scale: the tail model of the clip and long-file units follows it.
     scale = getattr(det, "score_scale", "positive")
     if getattr(det, "threshold_method", "gamma") == "percentile":
@@ -277,12 +281,12 @@ def _calibrate_from(det, signals, groups, fold_of, scorers, *, how, rate, target
         if evidence.size < MIN_SCORES:
             clip["warnings"].append(f"the clip threshold rests on only {evidence.size} out-of-fold scores")
     else:
-        clip = clip_calibration(evidence, rate=rate, groups=unit_groups, scale=scale)
+        clip = clip_calibration(evidence, rate=rate, groups=unit_groups, scale=scale, n_eff=n_eff)
     clip["evidence"] = source
     clip["n_recordings"] = len(clips)
     clip["percentile"] = 100.0 * (1.0 - rate)
     clip["n_scores"] = clip["n"]
-    long_file = long_file_calibration(evidence, rate=rate, floor=clip["value"], scale=scale)
+    long_file = long_file_calibration(evidence, rate=rate, floor=clip["value"], scale=scale, n_eff=n_eff)
     long_file["evidence"] = source
     long_file["segment_seconds"] = segment / sr
     live = live_calibration(streams, live_rule, false_alarms_per_day=target, block=stride,
