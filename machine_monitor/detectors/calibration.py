@@ -76,13 +76,16 @@ class _Signals:
     re-read when used beyond it: hours of training audio never sit in memory at once (issue 14)."""
 
     BUDGET_SAMPLES = 32_000_000  # 128 MB of float32
+    LONG_SAMPLES = 60 * 16_000  # a minute at 16 kHz
 
     def __init__(self, det):
         self.det, self.items, self.held = det, [], 0
 
     def add(self, clip, i: int) -> None:
         y = self.det.load_signal(clip, i)  # raises for a clip that cannot be used
-        keep = self.held + y.size <= self.BUDGET_SAMPLES
+        # Short recordings are held (re-reading thousands of files costs time); long ones never
+        # (re-reading one costs little next to scoring it, and holding it costs its size).
+        keep = y.size <= self.LONG_SAMPLES and self.held + y.size <= self.BUDGET_SAMPLES
         self.held += y.size if keep else 0
         self.items.append((clip, i, y if keep else None, y.size))
 
