@@ -93,7 +93,7 @@ def test_model_json_describes_everything_needed(fitted_detector, tmp_path):
     assert m["schema_version"] == 1 and m["sample_rate"] == 16_000
     # 1 s training clips: the 10 s peak span shrinks to the 30 frames a clip has.
     assert m["features"] == {"kind": "peak", "sr": 16_000, "n_fft": 1024, "hop_length": 512, "n_mels": 128,
-                             "context": 30, "stride": 16, "fmax": None}
+                             "context": 30, "stride": 16, "fmax": 7400.0}
     assert m["network"] == {"input_dim": 128, "hidden": [128, 128, 128, 128], "bottleneck": 8, "ensemble": 5}
     assert m["scorer"]["name"] == "mahalanobis"
     assert m["threshold"]["method"] == "gamma" and "value" in m["threshold"]
