@@ -101,6 +101,16 @@ def _fit_then_calibrate(fit):
             if len(groups) != len(clips):
                 raise ConfigError(f"got {len(groups)} group labels for {len(clips)} clips")
             extra = {"groups": groups} if takes_groups else {}
+        if self.calibrate_on_fit:  # top-level fit: leave out clips that do not belong (issue 14)
+            from machine_monitor.screening import screen_training_clips
+
+            keep, screening = screen_training_clips(clips, channel=getattr(self, "channel", None),
+                                                    names=[clip_name(c, i) for i, c in enumerate(clips)])
+            self.screening_ = screening.record()
+            clips = [clips[i] for i in keep]
+            if groups is not None:
+                groups = [groups[i] for i in keep]
+                extra = {"groups": groups} if takes_groups else {}
         self._in_fit = True
         self._fit_extra = kwargs  # e.g. labelled anomalies: the calibration's clones fit with them too
         try:
