@@ -141,8 +141,6 @@ def run(args) -> int:
 
         for line in describe(cal):
             print("  " + line)
-        for w in cal["warnings"]:
-            print(f"WARNING (thin evidence): {w}", file=sys.stderr)
     return 0
 
 
