@@ -34,6 +34,7 @@ import numpy as np
 from machine_monitor.audio.io import load_clip
 from machine_monitor.errors import ConfigError, ModelError, NotFittedError
 from machine_monitor.features import FeatureConfig
+from machine_monitor.params import keyword_params
 from machine_monitor.persistence import (
     ARRAYS_FILE,
     MANIFEST,
@@ -143,15 +144,7 @@ class BaseDetector:
     @classmethod
     def _param_names(cls) -> list[str]:
         """``__init__``'s keyword parameters, the one list of a detector's parameters."""
-        names = []
-        for klass in cls.__mro__:
-            init = klass.__dict__.get("__init__")
-            if init is None:
-                continue
-            for p in inspect.signature(init).parameters.values():
-                if p.kind is p.KEYWORD_ONLY and p.name not in names:
-                    names.append(p.name)
-        return names
+        return keyword_params(cls)
 
     def get_params(self, deep: bool = False) -> dict:
         """The parameters a model is saved with (everything but per-run settings)."""
