@@ -113,6 +113,15 @@ def _resample(y: np.ndarray, sr_in: int, sr: int) -> np.ndarray:
     return soxr.resample(y, sr_in, sr, quality="HQ").astype(np.float32, copy=False)
 
 
+def stream_resampler(sr_in: int, sr: int = SAMPLE_RATE):
+    """A streaming resampler (continuous across block edges) from ``sr_in`` to ``sr``, or ``None``
+    when the rates match: ``r.resample_chunk(block)``, and ``r.resample_chunk(empty, last=True)``
+    for the tail. The one resampler of files, long-file blocks and live devices."""
+    if int(sr_in) == int(sr):
+        return None
+    return soxr.ResampleStream(int(sr_in), int(sr), 1, dtype="float32", quality="HQ")
+
+
 def check_sample_rate(sr_in, *, source: str = "audio") -> int:
     """A plausible input sample rate as an ``int``; anything else is an :class:`AudioReadError`.
 
@@ -288,7 +297,7 @@ def load_audio(
             exact = info.subtype.startswith(("PCM", "FLOAT", "DOUBLE", "ULAW", "ALAW"))
             out = _Collector(int(np.ceil(info.frames * sr / info.samplerate)) + 64 if exact else 0)
             if info.samplerate != sr:
-                stream = soxr.ResampleStream(info.samplerate, sr, 1, dtype="float32", quality="HQ")
+                stream = stream_resampler(info.samplerate, sr)
         y = to_mono(block, channel=channel, source=str(path))
         if not np.isfinite(y).all():
             # Check before resampling: soxr would smear one NaN over the whole clip.
@@ -346,7 +355,7 @@ def read_blocks(
     stream = None
     for block, info in iter_raw_blocks(path, block_seconds=block_seconds):
         if stream is None and info.samplerate != sr:
-            stream = soxr.ResampleStream(info.samplerate, sr, 1, dtype="float32", quality="HQ")
+            stream = stream_resampler(info.samplerate, sr)
         y = to_mono(block, channel=channel, source=str(path))
         if stream is not None:
             y = stream.resample_chunk(y)

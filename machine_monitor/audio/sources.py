@@ -27,7 +27,14 @@ from pathlib import Path
 
 import numpy as np
 
-from machine_monitor.audio.io import SAMPLE_RATE, audio_info, check_sample_rate, iter_raw_blocks, to_mono
+from machine_monitor.audio.io import (
+    SAMPLE_RATE,
+    audio_info,
+    check_sample_rate,
+    iter_raw_blocks,
+    stream_resampler,
+    to_mono,
+)
 from machine_monitor.errors import AudioDeviceError, AudioReadError, MachineMonitorError
 
 log = logging.getLogger(__name__)
@@ -139,14 +146,11 @@ class Source:
 
     # -- consumer side -------------------------------------------------------------
     def _open_queue(self, rate_in: int) -> None:
-        import soxr
-
         capacity = max(4, int(np.ceil(self.queue_seconds / self.block_seconds)))
         self._queue = queue.Queue(maxsize=capacity)
         self._rate_in = int(rate_in)
         # Streaming resampler: continuous across block edges, state kept per opening.
-        self._resampler = (None if self._rate_in == SAMPLE_RATE
-                           else soxr.ResampleStream(self._rate_in, SAMPLE_RATE, 1, dtype="float32", quality="HQ"))
+        self._resampler = stream_resampler(self._rate_in, SAMPLE_RATE)
 
     def _convert(self, raw: np.ndarray) -> np.ndarray:
         y = to_mono(raw, channel=self.channel, source=self.describe())
