@@ -114,7 +114,9 @@ def hist_rf_detector():
 def test_detector_with_anomalies_fits_a_forest_and_thresholds_on_held_out_normal_clips(hist_rf_detector):
     det = hist_rf_detector
     assert det.n_anomalies_ == 6 and det.scorer_.context == 5
-    assert det.threshold_["method"] == "percentile" and det.threshold_["n_scores"] == len(det.val_clips_) == 2
+    # Only 2 held-out normal clips: no distribution can be fitted, so the clip threshold is their
+    # maximum, and the calibration says how thin that is (see test_calibration*).
+    assert det.threshold_["method"] == "max" and det.threshold_["n_scores"] == len(det.val_clips_) == 2
     normal = det.score([hum(1.0, seed=s) for s in range(20, 24)])
     faulty = det.score([clicks(1.0, seed=s) for s in range(20, 24)])
     assert faulty.min() > normal.max()
