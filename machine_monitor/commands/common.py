@@ -62,25 +62,23 @@ def add_channel_arg(p: argparse.ArgumentParser) -> None:
 
 
 # -- argument types: a bad value is a usage error (exit 2) naming the option, never a traceback --
-def positive_int(text: str) -> int:
-    """An integer >= 1 (epochs, batch size, folds, workers, ...)."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return v
+def _whole_number_at_least(minimum: int, what: str):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number >= {minimum}, got {text!r}") from None
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {text}")
+        return v
+
+    parse.__name__ = parse.__qualname__ = f"{'positive' if minimum == 1 else 'nonnegative'}_int"
+    parse.__doc__ = f"An integer >= {minimum} ({what})."
+    return parse
 
 
-def nonnegative_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return v
+positive_int = _whole_number_at_least(1, "epochs, batch size, folds, workers, ...")
+nonnegative_int = _whole_number_at_least(0, "seed, ...")
 
 
 def _finite(text: str) -> float:
