@@ -256,11 +256,10 @@ class MultiViewDetector(BaseDetector):
         # out-of-fold scores then come from these members' parts blind to each fold.
         self.member_folds_ = self.fold_of_ = fold_of = group_folds(groups, n_folds=int(self.folds))
         self.n_folds_ = int(fold_of.max()) + 1
-        all_f = np.concatenate(logmels)
-        self.reference_logmel_ = all_f.mean(axis=0, dtype=np.float64).astype(np.float32)
+        mean, std = _band_mean_std(logmels)  # no concatenated copy of hours of log-mel
+        self.reference_logmel_ = mean.astype(np.float32)
         self.feature_mean_ = self.reference_logmel_.copy()
-        self.feature_std_ = np.maximum(all_f.std(axis=0, dtype=np.float64), 1e-3).astype(np.float32)
-        del all_f
+        self.feature_std_ = np.maximum(std, 1e-3).astype(np.float32)
         self.members_, self.member_fit_seconds_ = {}, {}
         for name in members:
             t1 = time.perf_counter()
@@ -487,6 +486,36 @@ class MultiViewDetector(BaseDetector):
         return f"MultiViewDetector(members={list(self._check_members())!r}, fusion={self.fusion!r}{state})"
 
 
+def _band_mean_std(parts: Sequence[np.ndarray], *, chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band mean and standard deviation (float64) of the rows of all ``parts`` together,
+    merged chunk by chunk (Chan et al.): memory of one chunk, not of every row at once.
+
+    Parameters
+    ----------
+    parts : sequence of np.ndarray [shape=(n_i, n_bands)]
+
+    Returns
+    -------
+    mean, std : np.ndarray [shape=(n_bands,), dtype=float64]
+    """
+    n, mean, m2 = 0, None, None
+    for part in parts:
+        for a in range(0, len(part), chunk):
+            x = np.asarray(part[a:a + chunk], dtype=np.float64)
+            k, mu = len(x), x.mean(axis=0)
+            ss = ((x - mu) ** 2).sum(axis=0)
+            if mean is None:
+                n, mean, m2 = k, mu, ss
+                continue
+            delta, total = mu - mean, n + k
+            mean = mean + delta * (k / total)
+            m2 = m2 + ss + delta**2 * (n * k / total)
+            n = total
+    if mean is None:
+        raise ConfigError("no log-mel frames to standardise")
+    return mean, np.sqrt(m2 / n)
+
+
 class MultiViewStream(StreamScorer):
     """Sliding windows of one stream scored as :meth:`MultiViewDetector.score_signal` scores
     them, with the shared log-mel computed once per frame of the stream: each hop computes
@@ -607,11 +636,13 @@ class _Member:
 
         det = self.det
         raw = [det.view_units(self.name, f, step=FRAME_TRAIN_STEP) for f in logmels]
-        cat = np.concatenate(raw)
-        self.mean_ = cat.mean(axis=0, dtype=np.float64).astype(np.float32)
-        self.std_ = np.maximum(cat.std(axis=0, dtype=np.float64), 1e-3).astype(np.float32)
-        del cat
-        per_clip = [(u - self.mean_) / self.std_ for u in raw]
+        mean, std = _band_mean_std(raw)
+        self.mean_, self.std_ = mean.astype(np.float32), np.maximum(std, 1e-3).astype(np.float32)
+        # Standardised clip by clip, each raw view released as its copy is made (not two full sets at once).
+        raw.reverse()
+        per_clip = []
+        while raw:
+            per_clip.append((raw.pop() - self.mean_) / self.std_)
         self.network_config_ = self._network_config(per_clip[0].shape[1])
         device = torch.device(det.device) if det.device else default_device()
         rng = np.random.default_rng(seed)
