@@ -335,7 +335,35 @@ class FileSource(ArraySource):
             yield block
 
 
-class LiveSource(Source):
+class StallWatch:
+    """For a device source: no block for ``stall_seconds`` (``start_seconds`` before the first
+    one after opening) means the input is lost. Mixed into a :class:`Source` that sets both
+    limits and calls :meth:`_opened_now` whenever it (re)opens."""
+
+    stall_seconds: float
+    start_seconds: float
+
+    def _opened_now(self) -> None:
+        self.stats.restarts += self._opened > 0
+        self._opened += 1
+        self._got_block = False
+        self._last_block = time.monotonic()
+
+    def read(self, timeout: float = 0.1) -> np.ndarray | None:
+        y = super().read(timeout)
+        if y is not None:
+            self._got_block = True
+            self._last_block = time.monotonic()
+        return y
+
+    def _check_stall(self) -> None:
+        waited = time.monotonic() - self._last_block
+        limit = self.stall_seconds if self._got_block else self.start_seconds
+        if waited > limit:
+            raise SourceLost(f"no audio from {self.describe()} for {waited:.1f} s")
+
+
+class LiveSource(StallWatch, Source):
     """A PortAudio input device through ``sounddevice.InputStream``.
 
     Opens the device at its default sample rate (or ``samplerate``) and
@@ -408,26 +436,13 @@ class LiveSource(Source):
         except sd.PortAudioError as exc:
             self._stream = None
             raise AudioDeviceError(f"cannot open {self.describe()} at {rate} Hz, {channels} ch: {exc}") from None
-        self.stats.restarts += self._opened > 0
-        self._opened += 1
-        self._got_block = False
-        self._last_block = time.monotonic()
+        self._opened_now()
         log.info("listening on %s at %d Hz, %d channel(s)", self.describe(), rate, channels)
-
-    def read(self, timeout: float = 0.1) -> np.ndarray | None:
-        y = super().read(timeout)
-        if y is not None:
-            self._got_block = True
-            self._last_block = time.monotonic()
-        return y
 
     def _check_alive(self) -> None:
         if self._died.is_set() or (self._stream is not None and not self._stream.active):
             raise SourceLost(f"{self.describe()} stopped (disconnected?)")
-        waited = time.monotonic() - self._last_block
-        limit = self.stall_seconds if self._got_block else self.start_seconds
-        if waited > limit:
-            raise SourceLost(f"no audio from {self.describe()} for {waited:.1f} s")
+        self._check_stall()
 
     def stop(self) -> None:
         stream, self._stream = self._stream, None

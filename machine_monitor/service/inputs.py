@@ -29,9 +29,7 @@ import math
 import threading
 import time
 
-import numpy as np
-
-from machine_monitor.audio.sources import Source, SourceLost, import_sounddevice, resolve_device
+from machine_monitor.audio.sources import Source, SourceLost, StallWatch, import_sounddevice, resolve_device
 from machine_monitor.errors import AudioDeviceError
 
 log = logging.getLogger(__name__)
@@ -202,7 +200,7 @@ class DeviceHub:
                 log.debug("closing %s: %s", st.describe(), exc)
 
 
-class HubSource(Source):
+class HubSource(StallWatch, Source):
     """One machine's channel (or the mean of the first two) of a device opened by a :class:`DeviceHub`."""
 
     def __init__(self, hub: DeviceHub, st: _Stream, *, channel: int | None, stall_seconds: float,
@@ -229,27 +227,14 @@ class HubSource(Source):
     def start(self) -> None:
         self.hub.attach(self)
         self._attached = True
-        self.stats.restarts += self._opened > 0
-        self._opened += 1
-        self._got_block = False
-        self._last_block = time.monotonic()
+        self._opened_now()
 
     def stop(self) -> None:
         if self._attached:
             self._attached = False
             self.hub.detach(self)
 
-    def read(self, timeout: float = 0.1) -> np.ndarray | None:
-        y = super().read(timeout)
-        if y is not None:
-            self._got_block = True
-            self._last_block = time.monotonic()
-        return y
-
     def _check_alive(self) -> None:
         if self._st.died.is_set():
             raise SourceLost(f"{self.describe()} stopped (disconnected?)")
-        waited = time.monotonic() - self._last_block
-        limit = self.stall_seconds if self._got_block else self.start_seconds
-        if waited > limit:
-            raise SourceLost(f"no audio from {self.describe()} for {waited:.1f} s")
+        self._check_stall()
