@@ -31,8 +31,9 @@ it expects:
     training audio are reduced to ``M_t``, the k-th largest of the last ``n`` window
     scores (an alert can open at ``t`` only if ``M_t`` exceeds the level), then to the
     maxima of ``M`` over blocks one window long (blocks share no audio); a model of the
-    block maxima (a gamma; for z-like scores a Gumbel, :func:`maxima_tail_model`),
-    counting at most one alert per block, gives ``alerts per day =
+    block maxima (a gamma; for z-like scores a normal of each recording's offset plus a
+    Gumbel of the excursions within it, :class:`RecordingMaxima`), counting at most one
+    alert per block, gives ``alerts per day =
     P(block max > L) * blocks per day``, and the level solves it for the target. The
     model's tail is the extrapolation beyond the audio available; the number of blocks
     it rests on is recorded.
@@ -393,6 +394,108 @@ class GumbelTail:
         return cls(num(d["loc"]), num(d["scale"]), int(d["n"]), float(d["max_score"]))
 
 
+@dataclasses.dataclass(frozen=True)
+class RecordingMaxima:
+    """Block maxima of a z-like live statistic as a recording's offset plus an excursion within it.
+
+    Fitted from streams, not from pooled block maxima: each stream (one recording) has an
+    *offset* ``o``, the median of its k-th-of-n statistic ``M_t`` (a stream shorter than the
+    rule: its largest window score), and *excursions* ``M_t - o`` whose block maxima are the
+    within-recording fluctuation. Offsets get a normal across recordings (sessions differ:
+    the usual cause of false alarms), excursions a Gumbel (the law of maxima of light-tailed
+    scores); ``P(block max > L) = E_o[P(excursion > L - o)]``. Why not one Gumbel on the
+    pooled maxima: with a few recordings their spread is mostly the offsets', which a Gumbel
+    extrapolates as if every block drew a new one from an exponential tail (sensiml-fan:
+    levels of 13-18 where no normal window passed 4.4; issue 10). Point estimates, as the
+    Gumbel's. No excursion evidence (every stream one window): the offsets' normal alone;
+    one recording: its offset, no spread.
+    """
+
+    offset_mean: float
+    offset_sd: float
+    n_recordings: int
+    within_loc: float
+    within_scale: float
+    n_within: int
+    max_excursion: float
+    max_score: float
+    family = "recording-normal+gumbel"
+
+    @classmethod
+    def fit_streams(cls, streams: Sequence, rule: AlertRule, *, block: int) -> RecordingMaxima:
+        from scipy import stats
+
+        offsets, excursions = [], []
+        for s in streams:
+            s = np.asarray(s, dtype=np.float64)
+            if s.size < rule.k:
+                offsets.append(float(s.max()))
+                continue
+            m = kth_of_last_n(s, k=rule.k, n=rule.n)[rule.k - 1:]
+            o = float(np.median(m))
+            offsets.append(o)
+            excursions.append(block_maxima([m - o + 0.0], AlertRule(1, 1, 1, rule.hop_seconds), block=block))
+        o = np.asarray(offsets, dtype=np.float64)
+        e = np.concatenate(excursions) if excursions else np.zeros(0)
+        sd = float(o.std(ddof=1)) if np.unique(o).size >= 2 else 0.0
+        loc = scale = float("nan")
+        if np.unique(e).size >= 3:
+            with np.errstate(all="ignore"):
+                loc, scale = (float(v) for v in stats.gumbel_r.fit(e))
+            if not (math.isfinite(loc) and math.isfinite(scale) and scale > 0):
+                loc = scale = float("nan")
+        return cls(float(o.mean()), sd, int(o.size), loc, scale, int(e.size), float(e.max()) if e.size else 0.0,
+                   float(o.max() + (e.max() if e.size else 0.0)))
+
+    @property
+    def fitted(self) -> bool:
+        return self.n_recordings > 0 and math.isfinite(self.offset_mean)
+
+    def _within_sf(self, d: np.ndarray) -> np.ndarray:
+        if math.isfinite(self.within_scale):
+            return -np.expm1(-np.exp(-(d - self.within_loc) / self.within_scale))
+        return (d < self.max_excursion).astype(np.float64)  # no fit: the largest excursion seen, always
+
+    def sf(self, x) -> np.ndarray:
+        """Probability that one block's maximum exceeds ``x``."""
+        from scipy import stats
+
+        x = np.asarray(x, dtype=np.float64)
+        if self.offset_sd <= 0:
+            return self._within_sf(x - self.offset_mean)
+        if not math.isfinite(self.within_scale):  # a step excursion: the offsets' normal, exactly
+            return stats.norm.sf(x - self.max_excursion, self.offset_mean, self.offset_sd)
+        nodes, weights = np.polynomial.hermite_e.hermegauss(96)  # E over a standard normal offset
+        o = self.offset_mean + self.offset_sd * nodes
+        return (self._within_sf(x[..., None] - o) * (weights / weights.sum())).sum(axis=-1)
+
+    def isf(self, p: float, *, confidence: float | None = None) -> float:
+        from scipy import optimize, stats
+
+        p = min(max(float(p), 1e-300), 1.0 - 1e-12)
+        if self.offset_sd > 0 and not math.isfinite(self.within_scale):
+            return float(stats.norm.isf(p, self.offset_mean, self.offset_sd) + self.max_excursion)
+        if self.offset_sd <= 0 and not math.isfinite(self.within_scale):
+            return self.max_score
+        lo = self.offset_mean - 10 * self.offset_sd - 10
+        hi = self.offset_mean + 10 * (self.offset_sd + self.within_scale) + 10
+        while self.sf(hi) > p:
+            hi += hi - lo
+        return float(optimize.brentq(lambda x: float(self.sf(x)) - p, lo, hi, xtol=1e-9, rtol=1e-12))
+
+    def to_dict(self) -> dict:
+        d = {"family": self.family, **dataclasses.asdict(self)}
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RecordingMaxima:
+        def num(v):
+            return float("nan") if v is None else float(v)
+
+        return cls(num(d["offset_mean"]), num(d["offset_sd"]), int(d["n_recordings"]), num(d["within_loc"]),
+                   num(d["within_scale"]), int(d["n_within"]), float(d["max_excursion"]), float(d["max_score"]))
+
+
 def maxima_tail_model(scale: str = "positive"):
     """The live unit's model of block maxima for a score scale: a gamma (``positive``), a Gumbel (``z``)."""
     tail_model(scale)  # refuses an unknown scale
@@ -417,7 +520,8 @@ def tail_model(scale: str = "positive"):
 def tail_from_dict(d: dict):
     """A tail model back from its ``to_dict`` (a dict without ``family`` is a gamma: older models)."""
     family = d.get("family", "gamma")
-    return {"normal": NormalTail, "gumbel": GumbelTail}.get(family, GammaTail).from_dict(d)
+    models = {"normal": NormalTail, "gumbel": GumbelTail, RecordingMaxima.family: RecordingMaxima}
+    return models.get(family, GammaTail).from_dict(d)
 
 
 def gamma_threshold(scores, *, percentile: float = DEFAULT_PERCENTILE) -> dict:
@@ -803,7 +907,8 @@ def live_calibration(streams: Sequence, rule: AlertRule, *,
     largest of the last ``n`` window scores (an alert can open at ``t`` only if ``M_t``
     exceeds the level), and ``M`` to its maximum over blocks of ``block`` windows (one
     window length of audio, so blocks do not share audio). A model fitted to the block
-    maxima (gamma, or Gumbel for ``scale="z"``) gives ``P(block max > L)``; counting at
+    maxima (gamma; for ``scale="z"`` :class:`RecordingMaxima`, fitted to the streams
+    themselves: recording offsets plus excursions) gives ``P(block max > L)``; counting at
     most one alert per block (an alert that spans blocks is counted in each: conservative),
     ``alerts per day = P(block max > L) * blocks per day``. The level solves it for the
     target; the model's tail is the extrapolation beyond the audio available.
@@ -824,7 +929,7 @@ def live_calibration(streams: Sequence, rule: AlertRule, *,
         Seconds of audio the streams come from (default: windows x hop).
     scale : {"positive", "z"}
         The window score's scale (the detector kind's ``score_scale``): the block maxima
-        get a gamma (``positive``) or a Gumbel (``z``, :class:`GumbelTail`).
+        get a gamma (``positive``) or :class:`RecordingMaxima` (``z``).
 
     Returns
     -------
@@ -853,20 +958,28 @@ def live_calibration(streams: Sequence, rule: AlertRule, *,
     if audio < MIN_AUDIO_SECONDS:
         warnings.append(f"only {audio / 60:.1f} min of normal audio: false alerts per day are extrapolated "
                         "far beyond it; train on more minutes")
-    tail = maxima_tail_model(scale).fit(maxima)
+    if scale == "z":  # offsets across recordings + excursions within them (RecordingMaxima)
+        tail = RecordingMaxima.fit_streams(streams, rule, block=block)
+    else:
+        tail = maxima_tail_model(scale).fit(maxima)
     blocks_per_day = rule.windows_per_day / block
     per_block = min(target / blocks_per_day, 1.0)
     value = tail.isf(per_block, confidence=confidence)
     expected = float(tail.sf(value) * blocks_per_day)
     observed = sum(count_alerts(s, value, k=rule.k, n=rule.n, quiet_windows=rule.quiet_windows) for s in streams)
     return {"value": float(value),
-            "method": f"{tail.family} fitted to block maxima of the k-th largest of n window scores", "scale": scale,
+            "method": _LIVE_METHODS.get(tail.family, f"{tail.family} fitted to block maxima of the k-th largest "
+                                                     "of n window scores"), "scale": scale,
             "n": int(maxima.size), "n_windows": n_windows, "n_streams": len(streams), "audio_seconds": float(audio),
             "block": block, "confidence": float(confidence),
             "target_false_alarms_per_day": target, "expected_false_alarms_per_day": expected,
             "observed_alerts": int(observed), "tail": tail.to_dict(),
             "gamma": tail.to_dict() if isinstance(tail, GammaTail) else None,
             "rule": dataclasses.asdict(rule), "warnings": warnings}
+
+
+_LIVE_METHODS = {RecordingMaxima.family: "block maxima of the k-th largest of n window scores: a normal across "
+                 "recordings (each one's median) plus a Gumbel of the excursions above it within a recording"}
 
 
 def expected_alerts_per_day(calibration: dict, level: float) -> float:

@@ -26,6 +26,11 @@ from machine_monitor.threshold import (
 )
 
 
+def _moving_average(rng, n, span=20):
+    """Standardised window scores of overlapping windows: a moving average of normal noise (sd 1)."""
+    return np.convolve(rng.standard_normal(n + span - 1), np.ones(span) / np.sqrt(span), mode="valid")
+
+
 def _normal_scores(rng, size):
     """Mahalanobis-like scores of normal sound: a chi distribution with 16 degrees of freedom, x 10."""
     return 10 * np.sqrt(rng.chisquare(16, size))
@@ -187,26 +192,62 @@ def test_live_level_gives_about_the_target_alerts_per_day_on_a_long_normal_strea
     assert bound["value"] > cal["value"]
 
 
-def test_z_scale_live_level_models_block_maxima_with_a_gumbel_and_errs_high():
+def test_z_scale_live_level_models_excursions_with_a_gumbel_and_errs_high():
     # Standardised window scores (a moving average of normal noise: overlapping windows, negative
-    # too): the block maxima get a Gumbel; normal maxima are lighter-tailed than a Gumbel, so
-    # the level errs high: fewer false alerts than the target, never many more.
+    # too), one process for every recording: the excursions within recordings get a Gumbel;
+    # normal maxima are lighter-tailed than a Gumbel, so the level errs high: fewer false
+    # alerts than the target, never many more.
     rng = np.random.default_rng(0)
     rule = AlertRule(k=3, n=5, quiet_windows=20, hop_seconds=0.5)
 
-    def stream(n, span=20):
-        return np.convolve(rng.standard_normal(n + span - 1), np.ones(span) / np.sqrt(span), mode="valid")
-
-    train = [stream(600) for _ in range(8)]
+    train = [_moving_average(rng, 600) for _ in range(8)]
     cal = live_calibration(train, rule, false_alarms_per_day=100.0, block=20, scale="z")
-    assert cal["scale"] == "z" and cal["tail"]["family"] == "gumbel" and cal["gamma"] is None
+    assert cal["scale"] == "z" and cal["tail"]["family"] == "recording-normal+gumbel" and cal["gamma"] is None
+    assert cal["tail"]["n_recordings"] == 8 and cal["tail"]["n_within"] == 8 * 30
     assert cal["expected_false_alarms_per_day"] == pytest.approx(100.0, rel=1e-3)
     days = 4
-    per_day = count_alerts(stream(int(days * rule.windows_per_day)), cal["value"], k=3, n=5, quiet_windows=20) / days
+    per_day = count_alerts(_moving_average(rng, int(days * rule.windows_per_day)), cal["value"], k=3, n=5,
+                           quiet_windows=20) / days
     assert per_day <= 100 * 3, per_day
     assert cal["value"] < 2 * max(s.max() for s in train)  # near the data, not far beyond it
     levels = [live_calibration(train, rule, false_alarms_per_day=r, block=20, scale="z")["value"] for r in (10, 0.1)]
     assert levels[0] < levels[1]
+
+
+def test_z_scale_live_level_draws_a_new_offset_per_recording_not_per_block():
+    # Recordings of one machine sit at different levels (sessions): six of them, each offset
+    # from a normal. One Gumbel on the pooled block maxima reads that spread as the tail of
+    # every block and extrapolates it exponentially; the recording model draws an offset per
+    # recording (a normal) and extrapolates only the excursions within one. Fresh days, each
+    # at a fresh offset, stay at or below the target, and the level sits nearer the data.
+    from machine_monitor.threshold import GumbelTail, block_maxima
+
+    rng = np.random.default_rng(3)
+    rule = AlertRule(k=3, n=5, quiet_windows=20, hop_seconds=0.5)
+    train = [o + _moving_average(rng, 300) for o in rng.normal(0.0, 1.0, 6)]
+    target = 1.0
+    cal = live_calibration(train, rule, false_alarms_per_day=target, block=20, scale="z")
+    assert cal["tail"]["n_recordings"] == 6 and cal["tail"]["offset_sd"] > 0.5
+    pooled = GumbelTail.fit(block_maxima(train, rule, block=20)).isf(target / (rule.windows_per_day / 20))
+    assert cal["value"] < pooled - 1.0
+    days = 30
+    alerts = sum(count_alerts(o + _moving_average(rng, int(rule.windows_per_day)), cal["value"], k=3, n=5,
+                              quiet_windows=20) for o in rng.normal(0.0, 1.0, days))
+    assert alerts / days <= 3 * target
+
+
+def test_z_scale_live_level_from_one_window_recordings_is_the_offsets_normal_quantile():
+    # Ten-second recordings, one window each (the valve split): no excursion can be seen within
+    # a recording, so the level is the normal quantile of the recordings' scores.
+    from scipy import stats
+
+    rng = np.random.default_rng(5)
+    rule = AlertRule(k=3, n=5, quiet_windows=20, hop_seconds=0.5)
+    scores = rng.normal(1.0, 0.8, 50)
+    cal = live_calibration([[s] for s in scores], rule, false_alarms_per_day=0.1, block=20, scale="z")
+    p = 0.1 / (rule.windows_per_day / 20)
+    assert cal["value"] == pytest.approx(scores.mean() + scores.std(ddof=1) * stats.norm.isf(p), rel=1e-9)
+    assert cal["tail"]["n_within"] == 0
 
 
 def test_live_level_rises_as_the_target_rate_falls():
