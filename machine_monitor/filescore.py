@@ -27,7 +27,7 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
-from machine_monitor.audio.io import audio_duration, check_signal, read_blocks
+from machine_monitor.audio.io import audio_duration, check_signal, load_audio_if_short, read_blocks
 from machine_monitor.errors import AudioReadError, SilentAudioError
 
 log = logging.getLogger(__name__)
@@ -162,12 +162,8 @@ def score_file(det, path: str | os.PathLike, *, segment_seconds: float | None = 
     segment = _segment_samples(det, segment_seconds)
     hop = max(1, int(round(hop_seconds * sr))) if hop_seconds else segment
     try:
-        try:
-            seconds_in = audio_duration(path)
-        except Exception:  # noqa: BLE001 - load_signal below gives the precise, user-facing reason
-            seconds_in = 0.0
-        if seconds_in * sr <= WHOLE_FILE_TOLERANCE * segment:
-            y = det.load_signal(path)
+        y = _load_if_short(det, path, WHOLE_FILE_TOLERANCE * segment)
+        if y is not None:
             row.score, row.members = _score(det, y)
             row.duration = y.size / sr
             row.worst_offset, row.n_segments, row.n_anomalous = 0.0, 1, int(row.score > row.threshold)
@@ -182,6 +178,22 @@ def score_file(det, path: str | os.PathLike, *, segment_seconds: float | None = 
         row.score = row.worst_offset = None
         row.n_segments = row.n_anomalous = 0
     return row
+
+
+def _load_if_short(det, path, max_samples: float) -> np.ndarray | None:
+    """``det.load_signal(path)`` when the file is at most ``max_samples`` long at the model's rate,
+    else ``None`` (nothing decoded): for the detectors' own reader, from one opening of the file."""
+    from machine_monitor.detectors.base import BaseDetector
+
+    cfg = det.feature_config
+    if isinstance(det, BaseDetector) and type(det).load_signal is BaseDetector.load_signal:
+        return load_audio_if_short(path, max_samples=max_samples, sr=cfg.sr, channel=det.channel,
+                                   min_samples=cfg.min_samples)
+    try:
+        seconds_in = audio_duration(path)
+    except Exception:  # noqa: BLE001 - load_signal below gives the precise, user-facing reason
+        seconds_in = 0.0
+    return det.load_signal(path) if seconds_in * cfg.sr <= max_samples else None
 
 
 def _score(det, y: np.ndarray) -> tuple[float, dict | None]:
