@@ -746,6 +746,57 @@ def clip_calibration(clip_scores, *, rate: float = DEFAULT_CLIP_FALSE_ALARM_RATE
     return out
 
 
+#: A training recording whose out-of-fold score sits this many robust spreads above the others'
+#: (and above the clip threshold) is a suspect: it may not be normal sound (issue 14).
+OOF_Z_LIMIT = 6.0
+#: At most this share of the recordings are suspects; more is spread, not odd recordings.
+OOF_MAX_SHARE = 0.1
+
+
+def out_of_fold_outliers(scores, recordings, *, scale: str = "positive", z_limit: float = OOF_Z_LIMIT,
+                         max_share: float = OOF_MAX_SHARE, min_recordings: int = 5) -> list[tuple[int, float, float]]:
+    """Training recordings that score far above the others out of fold: suspects of not being normal.
+
+    A recording's score is its worst unit. Robust statistics across recordings (median,
+    MAD; on ``log`` scores for the ``positive`` scale, as they are skewed), so a suspect
+    cannot hide by moving the reference (the clip threshold can: a gamma fitted with the
+    suspect among its scores sat above it, 100 times the clean one). A floor on the spread
+    (5 % on the log scale, 0.25 on the z scale) keeps near-identical recordings from making
+    small differences look odd. None when there are fewer than ``min_recordings``
+    recordings; at most the worst ``max_share`` of them (at least one): an odd recording
+    also lifts the out-of-fold scores of recordings whose scorer it trained (two such at
+    8 spreads beside one at 23). Recordings of a second mode (another session or speed)
+    are not suspects: the networks blind to one of them heard the others. A suspect is
+    only that: the caller confirms it with a model fitted without it.
+
+    Parameters
+    ----------
+    scores : array_like [shape=(n_units,)]
+        Out-of-fold unit scores.
+    recordings : array_like [shape=(n_units,)]
+        The recording each unit score is of (an index).
+
+    Returns
+    -------
+    list of ``(recording, score, robust z)``, worst first.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    recordings = np.asarray(recordings)
+    ids = np.unique(recordings)
+    if ids.size < min_recordings or scores.size != recordings.size:
+        return []
+    worst = np.array([scores[recordings == r].max() for r in ids])
+    if not np.isfinite(worst).all():
+        return []
+    v = worst if scale == "z" else np.log(np.maximum(worst, 1e-12))
+    med = float(np.median(v))
+    spread = max(1.4826 * float(np.median(np.abs(v - med))), 0.25 if scale == "z" else 0.05)
+    z = (v - med) / spread
+    hits = np.flatnonzero(z > z_limit)
+    hits = hits[np.argsort(-z[hits])][: max(1, int(max_share * ids.size))]
+    return [(int(ids[i]), float(worst[i]), float(z[i])) for i in hits]
+
+
 def group_spread_warnings(scores, groups, rate: float = DEFAULT_CLIP_FALSE_ALARM_RATE, *,
                           scale: str = "positive") -> list[str]:
     """Warn when a whole group (a session) scores above the threshold the other groups give.

@@ -190,3 +190,63 @@ def test_training_refuses_when_too_few_clips_remain(normal_arrays):
     dc = [np.full(16_000, v, np.float32) for v in (0.1, 0.2)]
     with pytest.raises(ConfigError, match=r"only 1 of 3 training clips .* left out array\[1\]: constant signal"):
         Detector(features="logmel", epochs=1).fit([normal_arrays[0], *dc])
+
+
+# -- out of fold: a recording of the right machine and level that is not normal ------------------
+def _knocked(seed: int, amp: float) -> np.ndarray:
+    """A hum with three short knocks: its level and mean spectrum pass the screening above."""
+    y = hum(1.0, seed=seed).copy()
+    for t in (3000, 8000, 13000):
+        y[t:t + 80] += amp * np.hanning(80).astype(np.float32) * np.sign(
+            np.random.default_rng(t).standard_normal(80)).astype(np.float32)
+    return y
+
+
+def test_out_of_fold_outliers_are_the_recordings_far_above_the_others():
+    from machine_monitor.threshold import out_of_fold_outliers
+
+    rng = np.random.default_rng(0)
+    scores = np.exp(rng.normal(3.0, 0.2, 30))  # distances of 30 normal recordings
+    recordings = np.arange(30)
+    assert out_of_fold_outliers(scores, recordings) == []
+    scores[7] = 40 * scores[7]
+    [(rec, score, z)] = out_of_fold_outliers(scores, recordings)
+    assert rec == 7 and score == scores[7] and z > 6
+    # Units of one recording count as one (its worst); fewer than 5 recordings: no statistics.
+    assert out_of_fold_outliers(np.r_[scores, 1.0], np.r_[recordings, 7])[0][0] == 7
+    assert out_of_fold_outliers(scores[:4], recordings[:4]) == []
+    # At most a tenth of the recordings, worst first.
+    scores[[3, 11, 19, 25]] *= [30, 60, 90, 120]
+    assert [r for r, _, _ in out_of_fold_outliers(scores, recordings)] == [25, 19, 11]
+    # Standardised scores are compared as they are, not as logs.
+    z_scores = rng.normal(0.0, 1.0, 30)
+    z_scores[4] = 12.0
+    assert [r for r, _, _ in out_of_fold_outliers(z_scores, recordings, scale="z")] == [4]
+
+
+@pytest.mark.parametrize("amp", [0.1, 0.3])
+def test_a_faulty_recording_among_normal_ones_is_left_out_by_its_out_of_fold_score(fitted_detector, normal_arrays,
+                                                                                  amp):
+    # Issue 14: "robust statistics across clips: level, spectrum, out-of-fold score". Knocks
+    # at 0.3 passed the level and spectrum checks and lifted the threshold 100-fold (284 -> 27,152).
+    from machine_monitor import Detector
+    from tests.conftest import PEAK
+
+    det = Detector(**PEAK).fit(normal_arrays + [_knocked(99, amp)])
+    [left] = det.screening_["left_out"]
+    assert left["clip"] == "array[15]" and left["reason"].startswith("out-of-fold score")
+    assert det.screening_["out_of_fold"]["left_out"] == 1 and det.screening_["n_kept"] == 15
+    assert det.threshold_value_ == pytest.approx(fitted_detector.threshold_value_)
+
+
+def test_a_suspect_the_refitted_model_does_not_flag_is_kept(fitted_detector, normal_arrays, monkeypatch):
+    # Out-of-fold scores only raise a suspicion: a model fitted without the suspect must flag it.
+    import machine_monitor.threshold as threshold
+    from machine_monitor import Detector
+    from tests.conftest import PEAK
+
+    monkeypatch.setattr(threshold, "out_of_fold_outliers", lambda *a, **k: [(3, 1e6, 99.0)])
+    det = Detector(**PEAK).fit(normal_arrays)
+    assert det.screening_["left_out"] == [] and det.screening_["out_of_fold"]["suspects"] == 1
+    assert det.n_clips_ == fitted_detector.n_clips_
+    assert det.threshold_value_ == pytest.approx(fitted_detector.threshold_value_)

@@ -250,7 +250,7 @@ def _calibrate_from(det, signals, groups, fold_of, scorers, *, how, rate, target
     k, n, quiet_seconds = int(rule[0]), int(rule[1]), float(rule[2])
     live_rule = AlertRule(k=k, n=n, quiet_windows=max(1, math.ceil(quiet_seconds * sr / hop)), hop_seconds=hop / sr)
 
-    unit_scores, unit_groups, streams = [], [], []
+    unit_scores, unit_groups, unit_recordings, streams = [], [], [], []
     order = np.random.default_rng(getattr(det, "seed", 0)).permutation(len(signals))
     for f in range(k_folds):
         ids = [i for i in order if fold_of[i] == f]
@@ -258,6 +258,7 @@ def _calibrate_from(det, signals, groups, fold_of, scorers, *, how, rate, target
             s = _unit_scores(scorers[f], signals[i], segment)
             unit_scores += s
             unit_groups += [groups[i]] * len(s)
+            unit_recordings += [int(i)] * len(s)
         # Each recording is streamed alone: joining recordings would make windows (a clip's end
         # and another's start) that no continuous microphone hears.
         for i in ids:
@@ -318,6 +319,7 @@ def _calibrate_from(det, signals, groups, fold_of, scorers, *, how, rate, target
     det.calibration_streams_ = streams
     det.threshold_ = {k_: v for k_, v in clip.items() if k_ != "gamma"} | {"gamma": clip.get("gamma")}
     det.val_scores_ = unit_scores
+    det.val_recordings_ = np.asarray(unit_recordings, dtype=np.int64)  # which recording each unit score is of
     det.fold_of_ = fold_of
     for w in warnings:
         log.warning("%s", w)
