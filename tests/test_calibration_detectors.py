@@ -130,7 +130,9 @@ def test_machine_stopped_is_a_state_not_an_alert_and_scoring_resumes(ocsvm):
 # -- real audio: the shared SensiML fan ---------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.realaudio
-def test_sensiml_fan_live_replay_no_false_alert_on_a_normal_take_and_a_fault_take_alerts():
+def test_sensiml_fan_live_replay_no_false_alert_on_any_normal_take_and_every_fault_take_alerts():
+    # Issue 10's live goal on real audio, with the shipped default detector: 6 unseen normal
+    # takes (two recording days) raise nothing, each of the 8 fault takes raises an alert.
     split = SHARED_DATA / "splits" / "sensiml-fan.json"
     if not split.exists():
         pytest.skip(f"real-audio test: shared data not found at {SHARED_DATA} (it sits beside the checkout)")
@@ -138,9 +140,7 @@ def test_sensiml_fan_live_replay_no_false_alert_on_a_normal_take_and_a_fault_tak
 
     spec = json.loads(split.read_text())
     root = (split.parent / spec["root"]).resolve()
-    det = make_detector("ae", seed=0).fit([str(root / p) for p in spec["train"]])  # the quickest to train
-    normal = next(p for p, lab, _ in spec["test"] if lab == 0)
-    fault = next(p for p, lab, _ in spec["test"] if lab == 1)
+    det = make_detector(seed=0).fit([str(root / p) for p in spec["train"]])
     off = sorted((root / "sensiml_fan").glob("OFF_*.wav"))[0]
 
     def replay(path):
@@ -149,7 +149,8 @@ def test_sensiml_fan_live_replay_no_false_alert_on_a_normal_take_and_a_fault_tak
         Monitor(det, ArraySource(y, sr, speed=0), sinks=[sink]).run()
         return sink.kinds()
 
-    assert "alert" not in replay(normal)
-    assert "alert" in replay(fault)
+    alerting = {p: "alert" in replay(p) for p, _, _ in spec["test"]}
+    assert [p for p, lab, _ in spec["test"] if lab == 0 and alerting[p]] == []
+    assert [p for p, lab, _ in spec["test"] if lab == 1 and not alerting[p]] == []
     stopped = replay(off)
     assert "machine_stopped" in stopped and "alert" not in stopped
