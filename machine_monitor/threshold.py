@@ -158,8 +158,34 @@ def _gamma_location(s: np.ndarray) -> float:
     return float(locs[int(np.nanargmax(ll))])
 
 
+class _TailRecord:
+    """``to_dict`` / ``from_dict`` of a frozen dataclass tail model, JSON-safe: non-finite
+    floats as ``None``, tuples as lists; a field an older model lacks takes its default."""
+
+    def to_dict(self) -> dict:
+        d = {"family": self.family}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, tuple):
+                v = list(v)
+            elif isinstance(v, float) and not math.isfinite(v):
+                v = None
+            d[f.name] = v
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        kw = {}
+        for f in dataclasses.fields(cls):
+            if f.name in d:
+                v = d[f.name]  # f.type is the annotation's text (postponed annotations)
+                kw[f.name] = (int(v) if f.type == "int" else tuple(float(x) for x in v) if f.type == "tuple"
+                              else float("nan") if v is None else float(v))
+        return cls(**kw)
+
+
 @dataclasses.dataclass(frozen=True)
-class GammaTail:
+class GammaTail(_TailRecord):
     """A gamma distribution fitted to scores shifted to positive support.
 
     ``shape``, ``scale`` are the gamma's; ``shift`` is subtracted from a score
@@ -238,28 +264,13 @@ class GammaTail:
             return (x < self.max_score).astype(np.float64)
         return stats.gamma.sf(x - self.shift, self.shape, scale=self.scale)
 
-    def to_dict(self) -> dict:
-        """JSON-safe (an unfitted shape and scale are ``None``; bootstrap refits as lists)."""
-        d = {"family": "gamma", **dataclasses.asdict(self)}
-        d["boot_shape"], d["boot_scale"] = list(self.boot_shape), list(self.boot_scale)
-        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> GammaTail:
-        def num(v):
-            return float("nan") if v is None else float(v)
-
-        return cls(num(d["shape"]), num(d["scale"]), num(d["shift"]), int(d["n"]), float(d["max_score"]),
-                   int(d.get("n_eff", 0)), tuple(float(v) for v in d.get("boot_shape", ())),
-                   tuple(float(v) for v in d.get("boot_scale", ())))
-
 
 #: Score scales a detector kind can declare (``score_scale``), and the tail model of each.
 SCORE_SCALES = ("positive", "z")
 
 
 @dataclasses.dataclass(frozen=True)
-class NormalTail:
+class NormalTail(_TailRecord):
     """A normal distribution for z-like scores, with *predictive* quantiles.
 
     For standardised scores (no natural zero, unbounded below, light-tailed: a
@@ -323,20 +334,9 @@ class NormalTail:
             return (x < self.max_score).astype(np.float64)
         return stats.t.sf((x - self.mean) / self._spread(), self._df)
 
-    def to_dict(self) -> dict:
-        d = {"family": self.family, **dataclasses.asdict(self)}
-        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> NormalTail:
-        def num(v):
-            return float("nan") if v is None else float(v)
-
-        return cls(num(d["mean"]), num(d["sd"]), int(d["n"]), float(d["max_score"]), int(d.get("n_eff", 0)))
-
 
 @dataclasses.dataclass(frozen=True)
-class GumbelTail:
+class GumbelTail(_TailRecord):
     """A Gumbel distribution fitted by maximum likelihood to block maxima of z-like scores.
 
     The limit law of maxima of light-tailed scores (a standardised log distance is
@@ -382,20 +382,9 @@ class GumbelTail:
             return (x < self.max_score).astype(np.float64)
         return -np.expm1(-np.exp(-(x - self.loc) / self.scale))
 
-    def to_dict(self) -> dict:
-        d = {"family": self.family, **dataclasses.asdict(self)}
-        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> GumbelTail:
-        def num(v):
-            return float("nan") if v is None else float(v)
-
-        return cls(num(d["loc"]), num(d["scale"]), int(d["n"]), float(d["max_score"]))
-
 
 @dataclasses.dataclass(frozen=True)
-class RecordingMaxima:
+class RecordingMaxima(_TailRecord):
     """Block maxima of a z-like live statistic as a recording's offset plus an excursion within it.
 
     Fitted from streams, not from pooled block maxima: each stream (one recording) has an
@@ -482,18 +471,6 @@ class RecordingMaxima:
         while self.sf(hi) > p:
             hi += hi - lo
         return float(optimize.brentq(lambda x: float(self.sf(x)) - p, lo, hi, xtol=1e-9, rtol=1e-12))
-
-    def to_dict(self) -> dict:
-        d = {"family": self.family, **dataclasses.asdict(self)}
-        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> RecordingMaxima:
-        def num(v):
-            return float("nan") if v is None else float(v)
-
-        return cls(num(d["offset_mean"]), num(d["offset_sd"]), int(d["n_recordings"]), num(d["within_loc"]),
-                   num(d["within_scale"]), int(d["n_within"]), float(d["max_excursion"]), float(d["max_score"]))
 
 
 def maxima_tail_model(scale: str = "positive"):
