@@ -312,18 +312,32 @@ class MultiViewDetector(BaseDetector):
         return logmels, keep
 
     # -- scoring -------------------------------------------------------------------
-    def member_window_scores(self, f: np.ndarray, *, fold: int | None = None) -> dict[str, np.ndarray]:
-        """Each member's raw span scores ``(n_spans,)`` of log-mel frames ``f``."""
-        span = [n for n, m in self.members_.items() if m.span]
-        if fold is not None or len(span) < 2:
-            return {name: m.span_scores(f, fold=fold) for name, m in self.members_.items()}
-        merged = self._span_scores_merged(f, span)
-        return {name: merged[name] if name in merged else m.span_scores(f) for name, m in self.members_.items()}
+    def member_window_scores(self, f: np.ndarray | list[np.ndarray], *,
+                             fold: int | None = None) -> dict[str, np.ndarray] | list[dict[str, np.ndarray]]:
+        """Each member's raw span scores ``(n_spans,)`` of log-mel frames ``f``.
 
-    def _span_scores_merged(self, f: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+        ``f`` a list of log-mels: a list of such dicts, each network run once on the rows of
+        all of them (its weights read once, not once per clip: what a scan of many short
+        files spends most on), the same numbers to float32 rounding.
+        """
+        many = isinstance(f, (list, tuple))
+        fs = list(f) if many else [f]
+        span = [n for n, m in self.members_.items() if m.span]
+        if fold is not None:
+            out = [{name: m.span_scores(g, fold=fold) for name, m in self.members_.items()} for g in fs]
+        else:
+            merged = self._span_scores_merged(fs, span) if len(span) >= 2 else [{} for _ in fs]
+            rest = {name: m.span_scores(fs) for name, m in self.members_.items() if name not in merged[0]}
+            out = [{name: merged[i][name] if name in merged[i] else rest[name][i] for name in self.members_}
+                   for i in range(len(fs))]
+        return out if many else out[0]
+
+    def _span_scores_merged(self, f: np.ndarray | list[np.ndarray],
+                            names: list[str]) -> dict[str, np.ndarray] | list[dict[str, np.ndarray]]:
         """The span members' scores with every network of every span member in one batched
         chain (same architecture, one row per span each): the same numbers as
-        ``span_scores``, a third of the calls."""
+        ``span_scores``, a third of the calls. A list of log-mels: a list of dicts, the
+        rows of all of them in one pass."""
         if getattr(self, "_merged", None) is None or self._merged[0] != names:
             members = [self.members_[n] for n in names]
             stack = _Stack([net for m in members for net in m.nets_])
@@ -332,12 +346,17 @@ class MultiViewDetector(BaseDetector):
             self._merged = (names, stack, mean, precision)
         _, stack, mean, precision = self._merged
         k = self.n_folds_
-        x = np.stack([self.members_[n].units(f) for n in names])  # (members, spans, dims)
+        many = isinstance(f, (list, tuple))
+        fs = list(f) if many else [f]
+        parts = [np.stack([self.members_[n].units(g) for n in names]) for g in fs]  # (members, spans, dims) each
+        x = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
         h = stack(np.repeat(x, k, axis=0))  # (members * k, spans, dims)
         r = x[:, None] - h.reshape(len(names), k, *x.shape[1:])
         d = r - mean
         w = np.einsum("mksj,mksj->mks", d @ precision, d).mean(axis=1)
-        return dict(zip(names, w))
+        bounds = np.cumsum([0] + [p.shape[1] for p in parts])
+        out = [dict(zip(names, w[:, a:b])) for a, b in zip(bounds[:-1], bounds[1:])]
+        return out if many else out[0]
 
     def member_z(self, f: np.ndarray, *, fold: int | None = None) -> dict[str, np.ndarray]:
         """Each member's standardised span scores ``(n_spans,)`` of log-mel frames ``f``."""
@@ -740,8 +759,20 @@ class _Member:
             return window_scores
         return np.array([window_scores[s].mean() for s in self.det._span_of_frame_windows(n_frames)])
 
-    def span_scores(self, f: np.ndarray, *, fold: int | None = None) -> np.ndarray:
-        """Raw span scores ``(n_spans,)``: mean over the fold networks, or fold ``fold``'s parts only."""
+    def span_scores(self, f: np.ndarray | list[np.ndarray], *, fold: int | None = None) -> np.ndarray | list:
+        """Raw span scores ``(n_spans,)``: mean over the fold networks, or fold ``fold``'s parts only.
+
+        A list of log-mels (``fold=None``): a list of such arrays, the rows of all of them
+        through the networks at once.
+        """
+        if isinstance(f, (list, tuple)):
+            if fold is not None:
+                return [self.span_scores(g, fold=fold) for g in f]
+            parts = [self.units(g) for g in f]
+            w = self.stack().mean_distance(np.concatenate(parts) if len(parts) > 1 else parts[0],
+                                           self.scorer_.mean_, self.scorer_.precision_)
+            bounds = np.cumsum([0] + [len(p) for p in parts])
+            return [self._pool_to_spans(w[a:b], g.shape[0]) for g, a, b in zip(f, bounds[:-1], bounds[1:])]
         x = self.units(f)
         stack = self.stack()
         if fold is not None:
