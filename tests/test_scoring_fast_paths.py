@@ -92,3 +92,36 @@ def test_folded_frame_distance_equals_the_direct_mahalanobis():
     bad = -precision
     np.testing.assert_allclose(stack.mean_distance(x, mean, bad),
                                _mahalanobis(x[None] - stack(x), mean, bad).mean(axis=0), rtol=1e-6)
+
+
+def test_score_files_gives_score_file_rows_in_batches(tmp_path):
+    """``score_files`` scores short files a batch at a time (each network once for the batch)
+    and gives the rows ``score_file`` gives, in input order: long files, unreadable files and
+    short ones mixed."""
+    from machine_monitor.detectors.multiview import MultiViewDetector
+    from machine_monitor.filescore import score_file, score_files
+    from machine_monitor.synth import mechanism_sound
+
+    def clip(seed, mechanism=None):
+        return mechanism_sound(3.0, kind="hum", mechanism=mechanism, seed=seed)
+
+    det = MultiViewDetector(folds=2, epochs=20, patience=5, frame_epochs=2, frame_patience=1, seed=0)
+    det.fit([clip(100 + i) for i in range(6)])
+    paths = []
+    for i, mech in enumerate([None, "knocks", None, "level", None, "squeal", None]):
+        paths.append(tmp_path / f"c{i}.wav")
+        sf.write(paths[-1], clip(200 + i, mech), 16_000, subtype="FLOAT")
+    sf.write(tmp_path / "long.wav", np.concatenate([clip(300), clip(301, "knocks"), clip(302)]), 16_000)
+    (tmp_path / "junk.wav").write_bytes(b"not audio")
+    paths[2:2] = [tmp_path / "long.wav", tmp_path / "junk.wav"]
+    one_by_one = [score_file(det, p) for p in paths]
+    batched = list(score_files(det, paths, batch=4))
+    assert [r.path for r in batched] == [str(p) for p in paths]
+    for a, b in zip(one_by_one, batched):
+        assert (a.error, a.n_segments, a.duration) == (b.error, b.n_segments, b.duration)
+        assert a.worst_offset == b.worst_offset
+        if a.error is None:
+            assert b.score == pytest.approx(a.score, rel=1e-5, abs=1e-6)
+            assert b.members == pytest.approx(a.members, abs=1.01e-4)  # 4-decimal z: at most the last digit
+    assert batched[3].error and batched[2].n_segments == 3
+    assert [r.score for r in score_files(det, paths, batch=1)] == [r.score for r in one_by_one]
