@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from machine_monitor.errors import ConfigError
-from machine_monitor.filescore import RECORD_FIELDS, ScanRow, score_file
+from machine_monitor.filescore import RECORD_FIELDS, ScanRow, score_files
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +73,10 @@ def _scan_chunk(model: str, chunk: Sequence[tuple[int, str]], options: dict) -> 
     """Worker task: score ``(index, path)`` pairs with this process's detector."""
     det = _detector(model, options.get("channel"))
     out = []
-    for i, path in chunk:
-        row = score_file(det, path, segment_seconds=options.get("segment_seconds"),
-                         hop_seconds=options.get("hop_seconds"))
+    # score_files: the chunk's short files through the networks together (same rows as score_file).
+    rows = score_files(det, [path for _, path in chunk], segment_seconds=options.get("segment_seconds"),
+                       hop_seconds=options.get("hop_seconds"))
+    for (i, _), row in zip(chunk, rows):
         row.index = i
         out.append(row)
     return out
@@ -123,8 +124,7 @@ def scan_files(det, files: Sequence[str | os.PathLike], *, model: str | os.PathL
     elif workers > 1:
         yield from _scan_pool(str(model), files, options, workers, chunk_size, executor)
     else:
-        for i, f in enumerate(files):
-            row = score_file(det, f, segment_seconds=segment_seconds, hop_seconds=hop_seconds)
+        for i, row in enumerate(score_files(det, files, segment_seconds=segment_seconds, hop_seconds=hop_seconds)):
             row.index = i
             yield row
 
