@@ -38,7 +38,9 @@ from machine_monitor.threshold import (
     DEFAULT_CLIP_FALSE_ALARM_RATE,
     DEFAULT_FALSE_ALARMS_PER_DAY,
     DEFAULT_FOLDS,
+    LEVEL_BLOCK_SECONDS,
     MIN_SCORES,
+    WHOLE_FILE_TOLERANCE,
     AlertRule,
     block_levels_db,
     clip_calibration,
@@ -55,25 +57,182 @@ from machine_monitor.threshold import (
 log = logging.getLogger(__name__)
 
 
-def _unit_scores(score, y: np.ndarray, segment: int) -> list[float]:
-    """Scores of a recording in scan's clip units."""
-    return [score(y[s:s + segment] if y.size > segment * 1.25 else y) for s in unit_starts(y.size, segment)]
+#: Kinds whose ``window_scores(y)`` give one score per window of ``feature_config.window_starts``,
+#: each from that window's audio alone, and whose clip score is ``aggregate`` of those: a long
+#: clip unit can be scored piece by piece (:func:`_score_in_pieces`) with the same result.
+PIECEWISE_KINDS = ("ae", "multiview")
+#: Audio per piece when a long unit is scored piece by piece (~2 minutes at 16 kHz).
+PIECE_SAMPLES = 120 * 16_000
 
 
-def _stream_scores(score, y: np.ndarray, window: int, hop: int) -> np.ndarray:
-    """One score per hop of the monitor's sliding windows over ``y`` (windows end at window, window + hop, ...)."""
+def _piecewise(score):
+    """``(detector, window_scores)`` when ``score`` is a :data:`PIECEWISE_KINDS` detector's
+    ``score_signal`` (its own, or a ``functools.partial`` with ``fold``), else ``None``."""
+    func, fold = score, None
+    if isinstance(score, functools.partial):
+        if score.args or set(score.keywords) - {"fold"}:
+            return None
+        func, fold = score.func, score.keywords.get("fold")
+    det = getattr(func, "__self__", None)
+    if (getattr(func, "__name__", None) != "score_signal" or getattr(det, "kind", None) not in PIECEWISE_KINDS
+            or not det._pools_windows()):
+        return None
+    return det, (det.window_scores if fold is None else functools.partial(det.window_scores, fold=fold))
+
+
+def _score_in_pieces(det, window_scores, rec, a: int, b: int) -> float:
+    """``det.score_signal`` of samples ``[a, b)`` of a recording without holding them at once.
+
+    The windows of ``[a, b)`` (``feature_config.window_starts``: ``span`` frames, ``stride``
+    apart, the last one anchored to the end) are scored in pieces of a whole number of
+    windows; each piece starts on the window grid, and on every 8th frame (the multiview
+    frame view's grid), so its windows are exactly the unit's windows there, and the last
+    piece runs to the unit's end, where the anchored window lies. The unit's score is
+    ``aggregate`` of the concatenated window scores: the whole unit's, up to float rounding.
+    Memory is a piece, not the unit (a 1.5-hour unit at once: its signal, log-mel and views,
+    over 1 GB).
+    """
+    from machine_monitor.scorers.residual import aggregate
+
+    cfg = det.feature_config
+    hop = cfg.hop_length
+    stride = cfg.stride if cfg.kind == "peak" else 1
+    span = cfg.context if cfg.kind == "peak" else cfg.stack
+    first = cfg.hop_length if cfg.kind == "raw" else cfg.n_fft
+    per_piece = max(8, PIECE_SAMPLES // (stride * hop) // 8 * 8)  # windows per piece
+    length = ((per_piece - 1) * stride + span - 1) * hop + first  # samples holding exactly those windows
+    n_frames = cfg.n_frames(b - a)
+    regular = (n_frames - span) // stride + 1 if n_frames >= span else 0  # windows on the grid
+    scores, k = [], 0
+    while (k + 1) * per_piece < regular:
+        start = a + k * per_piece * stride * hop
+        scores.append(window_scores(rec.get(start, start + length)))
+        k += 1
+    scores.append(window_scores(rec.get(a + k * per_piece * stride * hop, b)))
+    return aggregate(np.concatenate(scores), det.aggregate)
+
+
+def _unit_scores(score, rec, segment: int) -> list[float]:
+    """Scores of a recording in scan's clip units (the whole recording up to 1.25 segments)."""
+    n = rec.size
+    units = [(0, n)] if n <= WHOLE_FILE_TOLERANCE * segment else [(s, s + segment) for s in unit_starts(n, segment)]
+    pieces = _piecewise(score)
     out = []
-    for start in range(0, y.size - window + 1, hop):
+    for a, b in units:
+        if pieces is not None and b - a > _Signals.LONG_SAMPLES:
+            out.append(_score_in_pieces(*pieces, rec, a, b))
+        else:
+            out.append(score(rec.get(a, b)))
+    return out
+
+
+def _stream_scores(score, rec, window: int, hop: int) -> np.ndarray:
+    """One score per hop of the monitor's sliding windows over a recording (ending at window, window + hop, ...)."""
+    out = []
+    for start in range(0, rec.size - window + 1, hop):
         try:
-            out.append(score(y[start:start + window]))
+            out.append(score(rec.get(start, start + window)))
         except AudioReadError:  # a digitally silent window: the monitor skips it too
             out.append(np.nan)
     return np.asarray(out, dtype=np.float64)
 
 
+class _Held:
+    """A recording held in memory as a 16 kHz signal."""
+
+    def __init__(self, y: np.ndarray):
+        self.y, self.size = y, y.size
+
+    def get(self, a: int, b: int) -> np.ndarray:
+        return self.y[a:b]
+
+    def levels(self, sr: int) -> np.ndarray:
+        return block_levels_db(self.y, sr=sr)
+
+
+class _Reread:
+    """A short recording beyond the memory budget: loaded again whenever it is used."""
+
+    def __init__(self, det, clip, i: int, size: int):
+        self.det, self.clip, self.i, self.size = det, clip, i, size
+
+    def get(self, a: int, b: int) -> np.ndarray:
+        return self.det.load_signal(self.clip, self.i)[a:b]
+
+    def levels(self, sr: int) -> np.ndarray:
+        return block_levels_db(self.det.load_signal(self.clip, self.i), sr=sr)
+
+
+class _Streamed:
+    """A long recording file, never held whole: validated, measured and level-profiled in one
+    streamed pass, then read forward block by block (a read before the current position
+    starts the file again: only the last clip unit, aligned to the end, goes back)."""
+
+    BLOCK_SECONDS = 10.0
+
+    def __init__(self, det, path, name: str):
+        from machine_monitor.audio.io import check_signal
+
+        self.det, self.path, self.name = det, path, name
+        cfg = det.feature_config
+        sr, b = cfg.sr, max(1, int(round(LEVEL_BLOCK_SECONDS * cfg.sr)))
+        # The checks load_signal makes on the whole signal, on its blocks: finite, plausible, long enough, not silent.
+        n, peak, carry, levels = 0, 0.0, np.zeros(0, dtype=np.float32), []
+        for y in self._blocks():
+            hi, lo = float(y.max()), float(y.min())
+            if not (np.isfinite(hi) and np.isfinite(lo)):
+                check_signal(y, sr=sr, source=name)  # raises, counting the non-finite samples
+            peak, n = max(peak, hi, -lo), n + y.size
+            # Level blocks of LEVEL_BLOCK_SECONDS from the start, as block_levels_db of the whole signal.
+            buf = np.concatenate([carry, y]) if carry.size else y
+            whole = buf.size // b * b
+            if whole:
+                levels.append(block_levels_db(buf[:whole], sr=sr))
+            carry = buf[whole:].copy()
+        if n == 0:
+            raise AudioReadError(f"{name}: contains no audio samples")
+        check_signal(np.array([peak], dtype=np.float32), sr=sr, source=name)  # implausible or silent
+        if n < cfg.min_samples:
+            raise AudioReadError(f"{name}: is {n / sr:.3f} s long, shorter than one feature window "
+                                 f"({cfg.min_samples / sr:.3f} s)")
+        self.size = n
+        self._levels = np.concatenate(levels) if levels else block_levels_db(carry, sr=sr)
+        self._restart()
+
+    def _blocks(self):
+        from machine_monitor.audio.io import read_blocks
+
+        cfg = self.det.feature_config
+        return read_blocks(self.path, block_seconds=self.BLOCK_SECONDS, sr=cfg.sr, channel=self.det.channel)
+
+    def _restart(self) -> None:
+        self._it, self._buf, self._pos = None, np.zeros(0, dtype=np.float32), 0  # self._buf[0] is sample self._pos
+
+    def get(self, a: int, b: int) -> np.ndarray:
+        if self._it is None or a < self._pos:
+            self._restart()
+            self._it = self._blocks()
+        parts = [self._buf[max(0, a - self._pos):]]  # what is held from `a` on
+        end = self._pos + self._buf.size  # where the file's stream stands
+        while end < b:
+            y = next(self._it, None)
+            if y is None:
+                break
+            if end + y.size > a:  # blocks wholly before `a` are skipped, never kept
+                parts.append(y[max(0, a - end):])
+            end += y.size
+        self._buf = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        self._pos = end - self._buf.size
+        return self._buf[a - self._pos:b - self._pos]
+
+    def levels(self, sr: int) -> np.ndarray:
+        return self._levels
+
+
 class _Signals:
-    """The calibration's recordings as 16 kHz signals, held in memory up to a budget and
-    re-read when used beyond it: hours of training audio never sit in memory at once (issue 14)."""
+    """The calibration's recordings as 16 kHz signals: short ones held in memory up to a
+    budget (re-read beyond it), long files never loaded whole (streamed block by block
+    whenever they are used): hours of training audio never sit in memory at once (issue 14)."""
 
     BUDGET_SAMPLES = 32_000_000  # 128 MB of float32
     LONG_SAMPLES = 60 * 16_000  # a minute at 16 kHz
@@ -82,22 +241,36 @@ class _Signals:
         self.det, self.items, self.held = det, [], 0
 
     def add(self, clip, i: int) -> None:
+        """Add a recording; raises ``AudioReadError`` for one that cannot be used (as ``load_signal``)."""
+        from machine_monitor.audio.io import audio_info
+        from machine_monitor.detectors.base import clip_name
+
+        sr = self.det.feature_config.sr
+        if isinstance(clip, (str, os.PathLike)) and audio_info(clip).seconds * sr > self.LONG_SAMPLES:
+            # Long files are never held (holding one costs its size; re-reading it, little next to scoring it).
+            self.items.append(_Streamed(self.det, clip, clip_name(clip, i)))
+            return
         y = self.det.load_signal(clip, i)  # raises for a clip that cannot be used
-        # Short recordings are held (re-reading thousands of files costs time); long ones never
-        # (re-reading one costs little next to scoring it, and holding it costs its size).
+        # Short recordings are held (re-reading thousands of files costs time) up to the budget.
         keep = y.size <= self.LONG_SAMPLES and self.held + y.size <= self.BUDGET_SAMPLES
         self.held += y.size if keep else 0
-        self.items.append((clip, i, y if keep else None, y.size))
+        self.items.append(_Held(y) if keep else _Reread(self.det, clip, i, y.size))
+
+    @classmethod
+    def of_arrays(cls, det, signals) -> _Signals:
+        """Signals the caller already loaded (16 kHz mono), all held."""
+        out = cls(det)
+        out.items = [_Held(np.asarray(y, dtype=np.float32)) for y in signals]
+        return out
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, k: int) -> np.ndarray:
-        clip, i, y, _ = self.items[k]
-        return y if y is not None else self.det.load_signal(clip, i)
+    def __getitem__(self, k: int):
+        return self.items[k]
 
     def __iter__(self):
-        return (self[k] for k in range(len(self)))
+        return iter(self.items)
 
 
 def _split_at_gaps(s: np.ndarray) -> list[np.ndarray]:
@@ -173,6 +346,8 @@ def calibrate(det, clips: list, *, groups=None, signals=None, rate: float | None
             except AudioReadError as exc:
                 log.info("not used for calibration: %s", exc)
         clips, groups = [clips[i] for i in kept], [groups[i] for i in kept]
+    elif not isinstance(signals, _Signals):
+        signals = _Signals.of_arrays(det, signals)
     notes = []
     if len(set(groups)) < 2:
         notes.append("all recordings form one group: folds split them by recording, so the calibration cannot "
@@ -226,7 +401,9 @@ def recalibrate(det, clips: list, *, groups=None, rate: float | None = None,
     pct = getattr(det, "percentile", None)
     rate = float(rate) if rate is not None else (1.0 - pct / 100.0 if pct else DEFAULT_CLIP_FALSE_ALARM_RATE)
     target = float(false_alarms_per_day if false_alarms_per_day is not None else DEFAULT_FALSE_ALARMS_PER_DAY)
-    signals = [det.load_signal(c, i) for i, c in enumerate(clips)]
+    signals = _Signals(det)  # long recordings streamed, never held whole
+    for i, c in enumerate(clips):
+        signals.add(c, i)
     if groups is None:
         groups = groups_from_paths([str(c) if isinstance(c, (str, os.PathLike)) else None for c in clips])
     groups = [str(g) for g in groups]
@@ -241,7 +418,7 @@ def _calibrate_from(det, signals, groups, fold_of, scorers, *, how, rate, target
     cfg = det.feature_config
     sr = cfg.sr
     k_folds = int(fold_of.max()) + 1
-    seconds = np.array([y.size / sr for y in signals])
+    seconds = np.array([rec.size / sr for rec in signals])
     clips = signals
     clip_seconds = getattr(det, "clip_seconds_", None) or 10.0
     segment = max(cfg.min_samples, int(round(clip_seconds * sr)))
@@ -294,14 +471,14 @@ def _calibrate_from(det, signals, groups, fold_of, scorers, *, how, rate, target
     long_file["evidence"] = source
     long_file["segment_seconds"] = segment / sr
     live = live_calibration(streams, live_rule, false_alarms_per_day=target, block=stride,
-                            audio_seconds=float(sum(y.size for y in signals) / sr), scale=scale)
+                            audio_seconds=float(sum(rec.size for rec in signals) / sr), scale=scale)
     live["window_seconds"], live["hop_seconds"] = window / sr, hop / sr
     live["quiet_seconds"] = quiet_seconds
     # The live level never sits below the clip threshold: a window flagged live is at least a flagged clip.
     if live["value"] < clip["value"]:
         live["value_model"], live["value"] = live["value"], clip["value"]
         live["note"] = "raised to the clip threshold"
-    levels = level_profile(np.concatenate([block_levels_db(y, sr=sr) for y in signals]))
+    levels = level_profile(np.concatenate([rec.levels(sr) for rec in signals]))
 
     warnings = list(dict.fromkeys(clip.get("warnings", []) + long_file["warnings"] + live["warnings"]))
     minutes = float(seconds.sum() / 60)
