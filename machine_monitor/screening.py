@@ -249,6 +249,27 @@ def frames_in_blocks(y: np.ndarray, config, *, block_seconds: float = FEATURE_BL
     return frames_of_blocks((y[i:i + block] for i in range(0, y.size, block)), config, expected_samples=y.size)
 
 
+def rows_in_pieces(rows, f: np.ndarray, *, span: int, stride: int, frames_per_piece: int = 16_384):
+    """``rows(f)`` of a long frame matrix, piece by piece: yields consecutive parts of it.
+
+    ``rows(g)`` must give one row per window of ``span`` frames starting every ``stride``
+    frames from the start of ``g`` (and, optionally, one more anchored to its end), each from
+    that window's frames alone: a pooled view of a log-mel (:func:`~machine_monitor.features.
+    std_windows`: one call on a 1.5-hour log-mel makes ~0.5 GB of float64 temporaries).
+    Each piece but the last holds a whole number of windows and starts on the grid; the last
+    runs to the end, where an anchored window lies. The parts joined are ``rows(f)``, up to
+    float rounding; a short ``f`` is one piece, ``rows(f)`` itself.
+    """
+    windows = (f.shape[0] - span) // stride + 1 if f.shape[0] >= span else 0
+    per_piece = max(1, frames_per_piece // stride)
+    k = 0
+    while (k + 1) * per_piece < windows:
+        start = k * per_piece * stride
+        yield rows(f[start:start + (per_piece - 1) * stride + span])
+        k += 1
+    yield rows(f[k * per_piece * stride:])
+
+
 def _first(config) -> int:
     return config.hop_length if config.kind == "raw" else config.n_fft
 

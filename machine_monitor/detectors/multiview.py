@@ -687,18 +687,38 @@ class _Member:
 
         from machine_monitor.autoencoder import DenseAutoencoder
         from machine_monitor.scorers.residual import MahalanobisScorer
+        from machine_monitor.screening import rows_in_pieces
         from machine_monitor.training import default_device, train_network
 
         det = self.det
-        raw = [det.view_units(self.name, f, step=FRAME_TRAIN_STEP) for f in logmels]
-        mean, std = _band_mean_std(raw)
+        fcfg = det.feature_config
+        width, stride = (fcfg.context, fcfg.stride) if self.span else (FRAME_CONTEXT, FRAME_TRAIN_STEP)
+
+        def raw_rows():  # (clip, part of its raw view rows): a long clip's view piece by piece (issue 14)
+            for i, f in enumerate(logmels):
+                for rows in rows_in_pieces(lambda g: det.view_units(self.name, g, step=FRAME_TRAIN_STEP), f,
+                                           span=width, stride=stride):
+                    yield i, rows
+
+        # Two passes over the views (band statistics, then standardised rows into one array)
+        # rather than every clip's raw view and its standardised copy held at once.
+        n_rows = np.zeros(len(logmels), dtype=np.int64)
+
+        def counted():
+            for i, rows in raw_rows():
+                n_rows[i] += len(rows)
+                yield rows
+
+        mean, std = _band_mean_std(counted())
         self.mean_, self.std_ = mean.astype(np.float32), np.maximum(std, 1e-3).astype(np.float32)
-        # Standardised clip by clip, each raw view released as its copy is made (not two full sets at once).
-        raw.reverse()
-        per_clip = []
-        while raw:
-            per_clip.append((raw.pop() - self.mean_) / self.std_)
-        self.network_config_ = self._network_config(per_clip[0].shape[1])
+        bounds = np.concatenate([[0], np.cumsum(n_rows)])
+        units = np.empty((int(bounds[-1]), self.mean_.size), dtype=np.float32)
+        at = bounds[:-1].copy()
+        for i, rows in raw_rows():
+            units[at[i]:at[i] + len(rows)] = (rows - self.mean_) / self.std_
+            at[i] += len(rows)
+        per_clip = [units[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        self.network_config_ = self._network_config(units.shape[1])
         device = torch.device(det.device) if det.device else default_device()
         rng = np.random.default_rng(seed)
         self.nets_, self.history_ = [], []
@@ -710,22 +730,25 @@ class _Member:
             if sum(len(per_clip[i]) for i in ids[n_val:]) < 2:
                 # Too few rows to hold clips out for early stopping: train on them all, a fixed budget.
                 n_val, cfg = 0, dataclasses.replace(cfg, epochs=min(cfg.epochs, 200))
-            train = np.concatenate([per_clip[i] for i in ids[n_val:]])
+            # Rows of `units` by index, not concatenated copies: row j of the fold's training set
+            # is units[train[j]], the same rows in the same order as concatenating its clips.
+            train = np.concatenate([np.arange(bounds[i], bounds[i + 1]) for i in ids[n_val:]])
             if len(train) < 2:
                 raise ConfigError(f"the {self.name} member needs at least 2 training rows outside each fold, got "
                                   f"{len(train)}: give more (or longer) clips")
-            val = np.concatenate([per_clip[i] for i in ids[:n_val]]) if n_val else None
+            val = np.concatenate([np.arange(bounds[i], bounds[i + 1]) for i in ids[:n_val]]) if n_val else None
             torch.manual_seed(seed + k)
             net = DenseAutoencoder(self.network_config_)
-            hist = train_network(net, lambda idx, a=train: a[idx], len(train),
-                                 None if val is None else (lambda idx, a=val: a[idx]), 0 if val is None else len(val),
-                                 cfg, device=device, progress=det.progress)
+            hist = train_network(net, lambda idx, r=train: units[r[idx]], len(train),
+                                 None if val is None else (lambda idx, r=val: units[r[idx]]),
+                                 0 if val is None else len(val), cfg, device=device, progress=det.progress)
             self.nets_.append(net.eval())
             self.history_ += [{"fold": k, **h} for h in hist]
         self.train_config_ = self._train_config(seed)
         # Out-of-fold residuals (of the rows scoring uses) -> the deployed scorer (all of them)
         # and one scorer per fold (without it).
         if not self.span and FRAME_STEP != FRAME_TRAIN_STEP:
+            del per_clip, units  # the training rows go before the scoring rows are made
             per_clip = [self.units(f) for f in logmels]
         recons = [self._reconstruct(u, self.nets_[fold_of[i]]) for i, u in enumerate(per_clip)]
         self.scorer_ = MahalanobisScorer(seed=seed).fit(recons)
