@@ -43,6 +43,14 @@ def test_logmel_equals_the_dense_float64_computation(kw):
     assert np.array_equal(logmel_frames(np.repeat(y, 2)[::2], **kw), ours)
 
 
+@pytest.mark.parametrize("sr, n_fft, n_mels, fmax", [(16_000, 1024, 128, None), (16_000, 1024, 128, 7400.0),
+                                                     (44_100, 2048, 64, 999.0), (8_000, 256, 40, 4000)])
+def test_mel_basis_is_librosas_without_importing_it(sr, n_fft, n_mels, fmax):
+    librosa = pytest.importorskip("librosa")
+    ref = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmax=fmax).astype(np.float32)
+    assert np.array_equal(_mel_basis.__wrapped__(sr, n_fft, n_mels, fmax), ref)
+
+
 def test_pcm16_is_read_exactly_as_libsndfile_scales_it(tmp_path):
     rng = np.random.default_rng(1)
     stereo = (rng.standard_normal((40_000, 2)) * 0.3).clip(-1, 1)
