@@ -93,3 +93,32 @@ def test_peak_spans_take_each_bands_maximum_and_end_at_the_last_frame():
     w = peak_windows(f, context=8, stride=5)
     assert span_starts(20, context=8, stride=5).tolist() == [0, 5, 10, 12]
     assert w.tolist() == [[7, 0], [12, -5], [17, -10], [19, -12]]
+
+
+# -- the default's peak view: a soft maximum ---------------------------------------------------
+def test_soft_peak_is_rank_pooling_of_the_loudest_frames_and_the_maximum_at_decay_zero():
+    from machine_monitor.features import rank_pooled_windows, soft_peak_windows
+
+    f = np.random.default_rng(0).normal(size=(700, 16)).astype(np.float32)
+    everything = soft_peak_windows(f, context=311, stride=16, decay=0.3, top=311)
+    np.testing.assert_allclose(everything, rank_pooled_windows(f, context=311, stride=16, decay=0.3), atol=1e-5)
+    # Eight frames carry all but 0.3 ** 8 of the weight; chunks of spans change nothing.
+    np.testing.assert_allclose(soft_peak_windows(f, context=311, stride=16), everything, atol=1e-3)
+    np.testing.assert_array_equal(soft_peak_windows(f, context=311, stride=16, chunk=3),
+                                  soft_peak_windows(f, context=311, stride=16))
+    np.testing.assert_array_equal(soft_peak_windows(f, context=311, stride=16, decay=0.0),
+                                  peak_windows(f, context=311, stride=16))
+    assert soft_peak_windows(f[:100], context=311).shape == (0, 16)
+
+
+def test_soft_peak_moves_less_than_the_maximum_for_one_loud_frame_and_sees_several_clicks():
+    from machine_monitor.features import soft_peak_windows
+
+    base = np.zeros((311, 1), dtype=np.float32)
+    one = base.copy()
+    one[100] = 8.0  # one frame's noise
+    five = base.copy()
+    five[[20, 80, 140, 200, 260]] = 6.0  # five clicks, weaker
+    s_one, s_five = (soft_peak_windows(x, context=311)[0, 0] for x in (one, five))
+    m_one, m_five = (peak_windows(x, context=311)[0, 0] for x in (one, five))
+    assert m_one > m_five and s_five > s_one  # the maximum ranks the single frame first, the soft one the clicks

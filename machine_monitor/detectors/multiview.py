@@ -13,7 +13,8 @@ Mahalanobis distance of the residual from out-of-fold normal residuals (as the `
 ===========  =================================================================  ==========
 member       view of the log-mel ``(n_frames, n_mels)``                          one row per
 ===========  =================================================================  ==========
-``peak``     per-band maximum over a span (10 s, or the typical training clip)   span
+``peak``     per-band soft maximum over a span (10 s, or the typical training    span
+             clip): the 8 loudest frames weighted ``0.3 ** rank``
 ``mean``     per-band mean over the span (the steady spectrum)                   span
 ``std``      per-band standard deviation over the span (temporal variability)    span
 ``frame``    5 stacked frames of 64 bands (pairs of mels averaged): DCASE AE     8th frame
@@ -59,8 +60,8 @@ from machine_monitor.features import (
     FeatureConfig,
     gather_windows,
     mean_windows,
-    peak_windows,
     pool_bands,
+    soft_peak_windows,
     span_starts,
     std_windows,
 )
@@ -209,7 +210,7 @@ class MultiViewDetector(BaseDetector):
         """
         cfg = self.feature_config
         if member == "peak":
-            return peak_windows(f, context=cfg.context, stride=cfg.stride)
+            return soft_peak_windows(f, context=cfg.context, stride=cfg.stride)
         if member == "mean":
             return mean_windows(f, context=cfg.context, stride=cfg.stride)
         if member == "std":
