@@ -173,6 +173,25 @@ def test_save_load_round_trip_records_members_and_fusion(det, tmp_path):
     assert back.threshold_value_ == det.threshold_value_
 
 
+def test_the_peak_views_pooling_is_recorded_and_a_model_saved_before_it_reads_the_maximum(det, tmp_path):
+    from machine_monitor.features import peak_windows
+
+    path = det.save(tmp_path / "mv")
+    m = json.loads((path / "model.json").read_text())
+    assert m["multiview"]["peak_pooling"] == {"decay": 0.3, "top": 8}
+    del m["multiview"]["peak_pooling"]  # as written before the soft maximum
+    (path / "model.json").write_text(json.dumps(m))
+    old = BaseDetector.load(path)
+    f = det.logmel(clip(402))
+    cfg = det.feature_config
+    np.testing.assert_array_equal(old.view_units("peak", f), peak_windows(f, context=cfg.context, stride=cfg.stride))
+    assert not np.array_equal(det.view_units("peak", f), old.view_units("peak", f))
+    m["multiview"]["peak_pooling"] = {"decay": 1.5, "top": 8}
+    (path / "model.json").write_text(json.dumps(m))
+    with pytest.raises(ModelError, match="peak_pooling"):
+        BaseDetector.load(path)
+
+
 def test_a_model_json_with_an_unknown_member_is_refused(det, tmp_path):
     path = det.save(tmp_path / "mv")
     m = json.loads((path / "model.json").read_text())

@@ -57,6 +57,8 @@ import numpy as np
 from machine_monitor.detectors.base import BaseDetector, StreamScorer, as_clip_list, clip_name
 from machine_monitor.errors import ConfigError, ModelError
 from machine_monitor.features import (
+    SOFT_PEAK_DECAY,
+    SOFT_PEAK_TOP,
     FeatureConfig,
     gather_windows,
     mean_windows,
@@ -80,6 +82,8 @@ FRAME_CONTEXT = 5
 FRAME_STEP = 8
 FRAME_TRAIN_STEP = 4
 _LOG_FLOOR = 1e-9
+#: The ``peak`` view of a model saved before the soft maximum was recorded: the plain maximum.
+_MAX_POOLING = {"decay": 0.0, "top": 1}
 #: ``--features`` names of the single views (the frame member is the DCASE ``logmel`` front-end).
 _FEATURE_VIEWS = {"peak": "peak", "mean": "mean", "std": "std", "logmel": "frame", "frame": "frame"}
 
@@ -210,7 +214,8 @@ class MultiViewDetector(BaseDetector):
         """
         cfg = self.feature_config
         if member == "peak":
-            return soft_peak_windows(f, context=cfg.context, stride=cfg.stride)
+            pool = self.peak_pooling
+            return soft_peak_windows(f, context=cfg.context, stride=cfg.stride, decay=pool["decay"], top=pool["top"])
         if member == "mean":
             return mean_windows(f, context=cfg.context, stride=cfg.stride)
         if member == "std":
@@ -218,6 +223,15 @@ class MultiViewDetector(BaseDetector):
         g = pool_bands(f, factor=FRAME_BANDS)
         starts = np.arange(0, max(0, g.shape[0] - FRAME_CONTEXT + 1), step)
         return gather_windows(g, starts, context=FRAME_CONTEXT)  # = stack_frames(g)[::step], built directly
+
+    @property
+    def peak_pooling(self) -> dict:
+        """The ``peak`` view's soft maximum (``decay``, ``top``): the fitted model's, else the default's.
+
+        Recorded in ``model.json``: a model saved before the soft maximum (none recorded)
+        reads the plain maximum, as it was fitted.
+        """
+        return getattr(self, "peak_pooling_", None) or {"decay": SOFT_PEAK_DECAY, "top": SOFT_PEAK_TOP}
 
     def _span_of_frame_windows(self, n_frames: int) -> list[slice]:
         """Which frame-view rows lie inside each span: a slice per span."""
@@ -241,6 +255,7 @@ class MultiViewDetector(BaseDetector):
         members = self._check_members()
         clips = as_clip_list(clips)
         self._check_params(len(clips))
+        self.peak_pooling_ = {"decay": SOFT_PEAK_DECAY, "top": SOFT_PEAK_TOP}
         if groups is not None and len(groups) != len(clips):
             raise ConfigError(f"groups must give one label per clip: {len(groups)} labels for {len(clips)} clips")
         t0 = time.perf_counter()
@@ -457,6 +472,7 @@ class MultiViewDetector(BaseDetector):
         return {"multiview": {
             "members": [m.describe() for m in self.members_.values()],
             "fusion": self.fusion,
+            "peak_pooling": self.peak_pooling,
             "standardisation": "z = (log(score) - median) / (IQR / 1.349) of out-of-fold training span scores",
             "folds": self.n_folds_,
             "fold_of": self.member_folds_.tolist(),
@@ -483,6 +499,10 @@ class MultiViewDetector(BaseDetector):
             raise ModelError(f"{root / 'model.json'}: unknown members {names} or fusion {mv['fusion']!r}")
         if int(mv["folds"]) < 2 or int(mv["folds"]) > 64:
             raise ModelError(f"{root / 'model.json'}: implausible folds {mv['folds']!r}")
+        pool = mv.get("peak_pooling", _MAX_POOLING)
+        decay, top = (pool.get("decay"), pool.get("top")) if isinstance(pool, dict) else (None, None)
+        if not (isinstance(decay, (int, float)) and 0.0 <= decay < 1.0 and isinstance(top, int) and 1 <= top <= 4096):
+            raise ModelError(f"{root / 'model.json'}: implausible peak_pooling {pool!r}")
 
     def _restore(self, m: dict, arrays: dict, tensors: dict | None, estimators: dict | None, *,
                  root: Path, device: str | None) -> None:
@@ -492,6 +512,8 @@ class MultiViewDetector(BaseDetector):
         self.n_folds_ = int(mv["folds"])
         self.member_folds_ = self.fold_of_ = np.asarray(mv["fold_of"], dtype=np.int64)
         self.groups_ = list(mv["groups"])
+        self.peak_pooling_ = {"decay": float(mv.get("peak_pooling", _MAX_POOLING)["decay"]),
+                              "top": int(mv.get("peak_pooling", _MAX_POOLING)["top"])}
         self.reference_logmel_ = arrays["reference_logmel"]
         if self.reference_logmel_.shape != (self.feature_config_.n_mels,):
             raise ModelError(f"{root / 'arrays.safetensors'}: reference_logmel does not match the mel bands")
