@@ -43,6 +43,11 @@ MIN_SAMPLE_BUDGET = 1 << 20
 BLOCK_SECONDS = 10.0
 
 
+def clip_name(clip, i: int) -> str:
+    """How a clip is named in messages: its path, or ``array[i]``."""
+    return str(clip) if isinstance(clip, (str, os.PathLike)) else f"array[{i}]"
+
+
 def to_mono(y: np.ndarray, *, channel: int | None = None, source: str = "audio") -> np.ndarray:
     """Downmix a ``(n_samples, n_channels)`` or ``(n_samples,)`` array to mono.
 

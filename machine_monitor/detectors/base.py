@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from machine_monitor.audio.io import load_clip
+from machine_monitor.audio.io import clip_name, load_clip
 from machine_monitor.errors import ConfigError, ModelError, NotFittedError
 from machine_monitor.features import FeatureConfig
 from machine_monitor.params import keyword_params
@@ -55,11 +55,6 @@ log = logging.getLogger(__name__)
 
 #: ``__init__`` parameters that describe one run, not the model: never saved.
 RUNTIME_PARAMS = ("device", "progress")
-
-
-def clip_name(clip, i: int) -> str:
-    """How a clip is named in messages: its path, or ``array[i]``."""
-    return str(clip) if isinstance(clip, (str, os.PathLike)) else f"array[{i}]"
 
 
 def as_clip_list(clips) -> list:

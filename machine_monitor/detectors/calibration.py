@@ -242,8 +242,7 @@ class _Signals:
 
     def add(self, clip, i: int) -> None:
         """Add a recording; raises ``AudioReadError`` for one that cannot be used (as ``load_signal``)."""
-        from machine_monitor.audio.io import audio_info
-        from machine_monitor.detectors.base import clip_name
+        from machine_monitor.audio.io import audio_info, clip_name
 
         sr = self.det.feature_config.sr
         if isinstance(clip, (str, os.PathLike)) and audio_info(clip).seconds * sr > self.LONG_SAMPLES:
