@@ -20,7 +20,10 @@ from machine_monitor.errors import AudioReadError
 from machine_monitor.synth import mechanism_sound
 from machine_monitor.threshold import block_levels_db
 
-FAST = {"folds": 2, "epochs": 30, "patience": 5, "frame_epochs": 2, "frame_patience": 1, "seed": 0}
+pytestmark = pytest.mark.slow  # one small multiview fit (~7 s) shared by the module
+
+# Equality is checked, not accuracy: a few epochs.
+FAST = {"folds": 2, "epochs": 3, "patience": 1, "frame_epochs": 1, "frame_patience": 1, "seed": 0}
 
 
 @pytest.fixture(scope="module")
