@@ -42,9 +42,20 @@ def same_rows(rows, reference, files):
         assert r.score == pytest.approx(ref.score, rel=1e-5) if ref.score is not None else r.score is None
 
 
-def test_worker_processes_give_the_same_rows(fitted_detector, model_dir, files, reference):
+def test_worker_processes_give_the_same_rows(fitted_detector, model_dir, files, reference, monkeypatch):
+    import machine_monitor.scan
+
+    monkeypatch.setattr(machine_monitor.scan, "MIN_BYTES_PER_WORKER", 1)  # these few files would stay in-process
     rows = list(scan_files(fitted_detector, files, model=model_dir, workers=2, chunk_size=3))
     same_rows(rows, reference, files)
+
+
+def test_a_small_scan_stays_in_this_process(fitted_detector, model_dir, files, reference, monkeypatch):
+    # A worker costs about 2 s to start: less audio than MIN_BYTES_PER_WORKER is scored here.
+    import machine_monitor.scan
+
+    monkeypatch.setattr(machine_monitor.scan, "_scan_pool", None)  # calling it would fail
+    same_rows(list(scan_files(fitted_detector, files, model=model_dir, workers=8)), reference, files)
 
 
 def test_a_warm_pool_is_reused_across_scans(fitted_detector, model_dir, files, reference):
