@@ -14,7 +14,15 @@ import pytest
 import soundfile as sf
 
 from machine_monitor.detectors import calibration
-from machine_monitor.detectors.calibration import _Held, _score_in_pieces, _Signals, _Streamed, _unit_scores
+from machine_monitor.detectors.calibration import (
+    _Held,
+    _Reread,
+    _score_in_pieces,
+    _Signals,
+    _stream_scores,
+    _Streamed,
+    _unit_scores,
+)
 from machine_monitor.detectors.multiview import MultiViewDetector
 from machine_monitor.errors import AudioReadError
 from machine_monitor.synth import mechanism_sound
@@ -100,3 +108,19 @@ def test_a_long_file_that_cannot_be_used_is_refused_when_added(det, tmp_path):
     for path, why in [(silent, "silent"), (bad, "non-finite")]:
         with pytest.raises(AudioReadError, match=why):
             _Signals(det).add(path, 0)
+
+
+def test_a_recording_not_held_is_loaded_once_for_all_its_live_windows(det, long_signal, monkeypatch):
+    signals = _Signals(det)
+    signals.add(long_signal, 0)  # an array over a minute: not held, loaded when used
+    signals.add(long_signal[:5 * 16_000], 1)  # a short one: held
+    assert isinstance(signals[0], _Reread) and isinstance(signals[1], _Held)
+    loads, load = [], det.load_signal
+    monkeypatch.setattr(det, "load_signal", lambda clip, i=0: loads.append(i) or load(clip, i))
+    scores = _stream_scores(lambda y: float(np.abs(y).mean()), signals[0], 10 * 16_000, 8_000)
+    assert scores.size == (long_signal.size - 10 * 16_000) // 8_000 + 1
+    np.testing.assert_allclose(scores[3], np.abs(long_signal[24_000:184_000]).mean(), rtol=1e-6)
+    assert loads == [0]  # 131 windows, one load
+    signals[1].get(0, 10)
+    signals[0].levels(16_000)
+    assert loads == [0]  # still the recording in use

@@ -151,16 +151,24 @@ class _Held:
 
 
 class _Reread:
-    """A short recording beyond the memory budget: loaded again whenever it is used."""
+    """A recording beyond the memory budget (or an array longer than a minute): loaded again
+    when used, and kept while it is the one in use (``last``, one slot shared by the
+    recordings): its units and live windows are read from one load, not one load each."""
 
-    def __init__(self, det, clip, i: int, size: int):
-        self.det, self.clip, self.i, self.size = det, clip, i, size
+    def __init__(self, det, clip, i: int, size: int, last: list):
+        self.det, self.clip, self.i, self.size, self.last = det, clip, i, size, last
+
+    def _signal(self) -> np.ndarray:
+        if self.last[0] is not self:
+            self.last[:] = [None, None]  # the previous recording goes before this one is loaded
+            self.last[:] = [self, self.det.load_signal(self.clip, self.i)]
+        return self.last[1]
 
     def get(self, a: int, b: int) -> np.ndarray:
-        return self.det.load_signal(self.clip, self.i)[a:b]
+        return self._signal()[a:b]
 
     def levels(self, sr: int) -> np.ndarray:
-        return block_levels_db(self.det.load_signal(self.clip, self.i), sr=sr)
+        return block_levels_db(self._signal(), sr=sr)
 
 
 class _Streamed:
@@ -238,7 +246,7 @@ class _Signals:
     LONG_SAMPLES = 60 * 16_000  # a minute at 16 kHz
 
     def __init__(self, det):
-        self.det, self.items, self.held = det, [], 0
+        self.det, self.items, self.held, self.last = det, [], 0, [None, None]
 
     def add(self, clip, i: int) -> None:
         """Add a recording; raises ``AudioReadError`` for one that cannot be used (as ``load_signal``)."""
@@ -253,7 +261,7 @@ class _Signals:
         # Short recordings are held (re-reading thousands of files costs time) up to the budget.
         keep = y.size <= self.LONG_SAMPLES and self.held + y.size <= self.BUDGET_SAMPLES
         self.held += y.size if keep else 0
-        self.items.append(_Held(y) if keep else _Reread(self.det, clip, i, y.size))
+        self.items.append(_Held(y) if keep else _Reread(self.det, clip, i, y.size, self.last))
 
     @classmethod
     def of_arrays(cls, det, signals) -> _Signals:
