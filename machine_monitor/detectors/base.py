@@ -151,6 +151,7 @@ class BaseDetector:
         left out and the detector refitted; a suspect that the refitted model, which never
         heard it, does not flag was rare but normal sound and goes back in (one more fit).
         """
+        from machine_monitor.detectors.calibration import recording_units
         from machine_monitor.threshold import OOF_Z_LIMIT, out_of_fold_outliers
 
         recordings = getattr(self, "val_recordings_", None)
@@ -170,8 +171,11 @@ class BaseDetector:
             fit_once([clips[i] for i in keep], None if groups is None else [groups[i] for i in keep])
 
         refit(out)
-        fresh = {i: float(self.score([clips[i]])[0]) for i in out}
-        confirmed = {i for i in out if fresh[i] > self.threshold_value_}
+        fresh, limit = {}, {}
+        for i in out:  # the suspect as scan would score it: its worst unit against that many units' threshold
+            units = recording_units(self, clips[i], i)
+            fresh[i], limit[i] = max(units), self.long_file_threshold(len(units))
+        confirmed = {i for i in out if fresh[i] > limit[i]}
         if confirmed != out:  # some suspects were normal after all: train on them again
             refit(confirmed)
         left = []
@@ -179,7 +183,7 @@ class BaseDetector:
             if i in confirmed:
                 reason = (f"out-of-fold score {score:.4g}, {z:.0f} robust spreads above the other recordings' "
                           f"median (limit {OOF_Z_LIMIT:g}); a model fitted without it scores it "
-                          f"{fresh[i]:.4g} against its threshold {self.threshold_value_:.4g}")
+                          f"{fresh[i]:.4g} against its threshold {limit[i]:.4g}")
                 log.warning("%s: left out of training: %s", names[i], reason)
                 left.append({"clip": names[i], "reason": reason})
             else:

@@ -126,6 +126,16 @@ def _unit_scores(score, rec, segment: int) -> list[float]:
     return out
 
 
+def recording_units(det, clip, i: int = 0) -> list[float]:
+    """A recording's scores in scan's clip units with the fitted model, as the calibration
+    scores them: a long file streamed block by block, never loaded whole."""
+    cfg = det.feature_config
+    clip_seconds = getattr(det, "clip_seconds_", None) or 10.0
+    signals = _Signals(det)
+    signals.add(clip, i)
+    return _unit_scores(det.score_signal, signals[0], max(cfg.min_samples, int(round(clip_seconds * cfg.sr))))
+
+
 def _stream_scores(score, rec, window: int, hop: int) -> np.ndarray:
     """One score per hop of the monitor's sliding windows over a recording (ending at window, window + hop, ...)."""
     out = []
