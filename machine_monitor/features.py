@@ -450,12 +450,8 @@ def rank_pooled_windows(f: np.ndarray, *, context: int = 311, stride: int = 16, 
     >>> rank_pooled_windows(f, context=3, decay=0.5).round(4)  # (3 + 0.5 * 2 + 0.25 * 1) / 1.75
     array([[2.4286]], dtype=float32)
     """
-    starts = span_starts(f.shape[0], context=context, stride=stride)
-    if starts.size == 0:
-        return np.zeros((0, f.shape[1]), dtype=np.float32)
-    w = rank_weights(context, decay=decay).astype(np.float32)
-    spans = sliding_window_view(np.asarray(f, dtype=np.float32), context, axis=0)[starts]  # (n, d, context)
-    return (-np.sort(-spans, axis=2) @ w).astype(np.float32)
+    rank_weights(1, decay=decay)  # refuses a decay outside [0, 1]
+    return soft_peak_windows(f, context=context, stride=stride, decay=decay, top=context)  # every rank
 
 
 def pool_bands(f: np.ndarray, *, factor: int = 2) -> np.ndarray:
