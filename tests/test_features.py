@@ -97,11 +97,16 @@ def test_peak_spans_take_each_bands_maximum_and_end_at_the_last_frame():
 
 # -- the default's peak view: a soft maximum ---------------------------------------------------
 def test_soft_peak_is_rank_pooling_of_the_loudest_frames_and_the_maximum_at_decay_zero():
-    from machine_monitor.features import rank_pooled_windows, soft_peak_windows
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    from machine_monitor.features import rank_pooled_windows, rank_weights, soft_peak_windows
 
     f = np.random.default_rng(0).normal(size=(700, 16)).astype(np.float32)
+    spans = sliding_window_view(f, 311, axis=0)[span_starts(700, context=311, stride=16)]  # (n, d, 311)
+    by_rank = -np.sort(-spans, axis=2) @ rank_weights(311, decay=0.3)  # TWFR: every frame by its rank
     everything = soft_peak_windows(f, context=311, stride=16, decay=0.3, top=311)
-    np.testing.assert_allclose(everything, rank_pooled_windows(f, context=311, stride=16, decay=0.3), atol=1e-5)
+    np.testing.assert_allclose(everything, by_rank, atol=1e-5)
+    np.testing.assert_allclose(rank_pooled_windows(f, context=311, stride=16, decay=0.3), by_rank, atol=1e-5)
     # Eight frames carry all but 0.3 ** 8 of the weight; chunks of spans change nothing.
     np.testing.assert_allclose(soft_peak_windows(f, context=311, stride=16), everything, atol=1e-3)
     np.testing.assert_array_equal(soft_peak_windows(f, context=311, stride=16, chunk=3),
