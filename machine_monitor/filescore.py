@@ -27,7 +27,7 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
-from machine_monitor.audio.io import audio_duration, check_signal, load_audio_if_short, read_blocks
+from machine_monitor.audio.io import audio_duration, audio_info, check_signal, load_audio_if_short, read_blocks
 from machine_monitor.errors import AudioReadError, SilentAudioError
 
 log = logging.getLogger(__name__)
@@ -157,7 +157,7 @@ def score_file(det, path: str | os.PathLike, *, segment_seconds: float | None = 
     ScanRow
         With ``error`` set (a one-line reason) when the file cannot be used.
     """
-    row = ScanRow(path=str(path), threshold=det.threshold_value_)
+    row = ScanRow(path=str(path), threshold=_threshold(det, path, 1))
     sr = det.feature_config.sr
     segment = _segment_samples(det, segment_seconds)
     hop = max(1, int(round(hop_seconds * sr))) if hop_seconds else segment
@@ -209,7 +209,7 @@ def score_files(det, paths: Iterable[str | os.PathLike], *, segment_seconds: flo
     while chunk := [p for _, p in zip(range(batch), it)]:
         rows, short = [], []
         for path in chunk:
-            row = ScanRow(path=str(path), threshold=det.threshold_value_)
+            row = ScanRow(path=str(path), threshold=_threshold(det, path, 1))
             try:
                 y = _load_if_short(det, path, WHOLE_FILE_TOLERANCE * segment)
             except Exception as exc:  # noqa: BLE001 - as score_file
@@ -290,6 +290,27 @@ def _score_many(det, signals: list[np.ndarray]) -> list[tuple[float, dict]]:
     return out
 
 
+#: File endings of lossy-coded audio (confirmed by the file's header before its thresholds change).
+LOSSY_SUFFIXES = (".ogg", ".oga", ".mp3", ".opus")
+
+
+def _threshold(det, path, n: int) -> float:
+    """The threshold a file's worst of ``n`` units is judged against: the clip threshold for one,
+    the long-file threshold for more; a lossy-coded file's own when the model has them."""
+    long_file = getattr(det, "long_file_threshold", None)
+    if long_file is None:
+        return det.threshold_value_
+    lossy = False
+    if str(path).lower().endswith(LOSSY_SUFFIXES) and getattr(det, "judges_lossy_apart", lambda: False)():
+        from machine_monitor.screening import LOSSY_FORMATS
+
+        try:
+            lossy = str(audio_info(path).format).upper() in LOSSY_FORMATS
+        except AudioReadError:
+            lossy = False  # the file's own error comes when it is read
+    return float(long_file(n, lossy=True)) if lossy else float(long_file(n))
+
+
 def _score(det, y: np.ndarray) -> tuple[float, dict | None]:
     """A clip score, and each member's standardised score when the detector has members."""
     score_members = getattr(det, "score_members", None)
@@ -322,6 +343,5 @@ def _score_segments(det, path, row: ScanRow, *, segment: int, hop: int) -> None:
     row.n_segments, row.n_anomalous, row.duration = n, int(n_bad), total / cfg.sr
     # The worst of n segments is judged against the threshold calibrated for n of them (the clip
     # threshold would flag long normal files: a maximum grows with the number of segments).
-    long_file = getattr(det, "long_file_threshold", None)
-    if long_file is not None:
-        row.threshold = float(long_file(n))
+    if getattr(det, "long_file_threshold", None) is not None:
+        row.threshold = _threshold(det, path, n)

@@ -354,10 +354,13 @@ def chain_differences(det, files: Sequence[str], *, limit: int = 2_000) -> str |
     if not odd:
         return None
     f, c = first
+    lossy_apart = getattr(det, "judges_lossy_apart", lambda: False)()
     return (f"{odd} of {checked} inputs come through another recording chain than the model's training clips "
             f"({chain.get('sample_rate')} Hz, {chain.get('format')}, {chain.get('channels')} ch), e.g. {f} "
             f"({c['sample_rate']} Hz, {c['format']}, {c['channels']} ch): the same sound recorded differently can "
-            "score differently; train with clips from the chain you scan")
+            "score differently; train with clips from the chain you scan"
+            + ("; lossy-coded files are judged against the thresholds calibrated on the training audio "
+               "coded lossily (less sensitive)" if family(c["format"]) == "lossy" and lossy_apart else ""))
 
 
 def same_file_key(path: str | os.PathLike) -> str:

@@ -57,3 +57,32 @@ def test_inputs_from_another_chain_are_warned_about_once_per_scan(demo, tmp_path
         main(["scan", "--model", str(model), str(tmp_path / "phone.ogg"), str(tmp_path / "other.flac"),
               str(tmp_path / "same.wav"), "-j", "1"])
     assert caplog.text.count("inputs come through another recording chain") == 1
+
+
+def test_a_lossy_copy_is_judged_against_thresholds_calibrated_on_lossily_coded_training_audio(demo, tmp_path):
+    # Issue 14: as OGG (libsndfile's default Vorbis quality) every normal demo clip scored 4 times
+    # the threshold. The codec changes what the model hears; the model also calibrates on its
+    # training audio coded that way, and lossy files are judged against that.
+    from machine_monitor.detectors.base import BaseDetector
+    from tests.conftest import clicks
+
+    det, held_out = demo
+    lossy = det.calibration_["lossy"]
+    assert lossy["value"] >= det.threshold_value_ and lossy["n"] == 15  # one unit of each training clip
+    assert det.judges_lossy_apart()
+    ogg = {"format": "OGG", "subtype": "VORBIS"}
+    for i, y in enumerate(held_out):
+        sf.write(tmp_path / f"n{i}.ogg", y, 16_000, **ogg)
+        sf.write(tmp_path / f"n{i}.wav", y, 16_000)
+        row = score_file(det, tmp_path / f"n{i}.ogg")
+        assert row.verdict == "normal" and row.threshold == pytest.approx(lossy["value"])
+        assert score_file(det, tmp_path / f"n{i}.wav").threshold == det.threshold_value_
+    sf.write(tmp_path / "fault.ogg", clicks(1.0, seed=300), 16_000, **ogg)
+    assert score_file(det, tmp_path / "fault.ogg").verdict == "ANOMALY"
+    # Kept in the model; a model trained on lossy audio judges lossy files as its own chain.
+    back = BaseDetector.load(det.save(tmp_path / "m"))
+    assert back.calibration_["lossy"]["value"] == pytest.approx(lossy["value"]) and back.judges_lossy_apart()
+    trained_on_ogg = copy.deepcopy(det)
+    trained_on_ogg.screening_ = {"chain": {"sample_rate": 16_000, "format": "OGG", "channels": 1}}
+    assert not trained_on_ogg.judges_lossy_apart()
+    assert score_file(trained_on_ogg, tmp_path / "n0.ogg").threshold == det.threshold_value_

@@ -593,3 +593,36 @@ def write_wav(path: str | os.PathLike, y: np.ndarray, *, sr: int = SAMPLE_RATE) 
             Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+#: The lossy coding a model calibrates for besides its own chain: OGG Vorbis at libsndfile's
+#: default quality (what an archive re-coded to save space most often is).
+LOSSY_CODEC = ("OGG", "VORBIS")
+
+
+def lossy_round_trip(y: np.ndarray, *, sr: int = SAMPLE_RATE, codec: tuple[str, str] = LOSSY_CODEC) -> np.ndarray:
+    """``y`` coded with a lossy codec and decoded again, in memory: what a copy of the recording
+    in that format would read as.
+
+    Parameters
+    ----------
+    y : np.ndarray [shape=(n,)]
+        Mono samples at ``sr``.
+    codec : (format, subtype)
+        libsndfile's names (default OGG Vorbis, at its default quality).
+
+    Returns
+    -------
+    np.ndarray [shape=(n,), dtype=float32]
+        The decoded samples, trimmed or zero-padded to ``n`` (codecs pad their last frame).
+    """
+    import io as _io
+
+    y = np.clip(np.asarray(y, dtype=np.float32), -1.0, 1.0)
+    buf = _io.BytesIO()
+    sf.write(buf, y, sr, format=codec[0], subtype=codec[1])
+    buf.seek(0)
+    z, _ = sf.read(buf, dtype="float32", always_2d=False)
+    out = np.zeros(y.size, dtype=np.float32)
+    out[: min(y.size, z.size)] = z[: y.size]
+    return out

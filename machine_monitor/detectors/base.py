@@ -397,15 +397,35 @@ class BaseDetector:
         cal["expected"]["live_false_alerts_per_day"] = live["expected_false_alarms_per_day"]
         return self
 
-    def long_file_threshold(self, n_windows: int) -> float:
-        """Threshold for a long file's worst of ``n_windows`` windows (the clip threshold for one)."""
+    def long_file_threshold(self, n_windows: int, *, lossy: bool = False) -> float:
+        """Threshold for a long file's worst of ``n_windows`` windows (the clip threshold for one).
+
+        ``lossy``: for a lossy-coded file, the thresholds calibrated on lossily coded training
+        audio when the model has them (:meth:`judges_lossy_apart`).
+        """
         from machine_monitor.threshold import worst_window_threshold
 
         self._check_fitted()
-        lf = (getattr(self, "calibration_", None) or {}).get("long_file")
+        cal = getattr(self, "calibration_", None) or {}
+        if lossy and self.judges_lossy_apart():
+            base, lf = float(cal["lossy"]["value"]), cal["lossy"].get("long_file")
+        else:
+            base, lf = self.threshold_value_, cal.get("long_file")
         if not lf or int(n_windows) <= 1:
-            return self.threshold_value_
-        return worst_window_threshold(lf, int(n_windows))
+            return base
+        return max(base, worst_window_threshold(lf, int(n_windows)))
+
+    def judges_lossy_apart(self) -> bool:
+        """Whether lossy-coded inputs (OGG, MP3) get their own thresholds: the model has them
+        (fitted since they exist) and was trained on lossless audio."""
+        from machine_monitor.screening import LOSSY_FORMATS
+
+        cal = getattr(self, "calibration_", None) or {}
+        if not isinstance(cal.get("lossy"), dict):
+            return False
+        screening = getattr(self, "screening_", None) or (getattr(self, "manifest_", None) or {}).get(
+            "training", {}).get("screening") or {}
+        return str((screening.get("chain") or {}).get("format")).upper() not in LOSSY_FORMATS
 
     def streaming(self) -> StreamScorer:
         """A scorer for overlapping windows of one stream (what the live monitor uses)."""

@@ -136,6 +136,53 @@ def recording_units(det, clip, i: int = 0) -> list[float]:
     return _unit_scores(det.score_signal, signals[0], max(cfg.min_samples, int(round(clip_seconds * cfg.sr))))
 
 
+#: Training units coded lossily for the lossy-input thresholds, at most (~35 ms each for 10 s).
+LOSSY_MAX_UNITS = 200
+
+
+def _lossy_calibration(det, signals, fold_of, order, scorers, segment: int, *, rate: float, scale: str,
+                       floor: float) -> dict | None:
+    """Clip and long-file thresholds for lossy-coded copies of the machine's sound.
+
+    A lossy codec changes what a model trained on lossless audio hears (OGG Vorbis at its
+    default quality moved band levels by up to 2 dB and their variability more: every normal
+    demo clip scored 4 times the threshold), so a lossy file is judged against the same
+    out-of-fold calibration run on the training units coded with that codec and decoded
+    again (:func:`machine_monitor.audio.io.lossy_round_trip`): one unit of every recording
+    first, more of each while fewer than ``MIN_SCORES``, at most ``LOSSY_MAX_UNITS``; units
+    over a minute are left out. ``None`` when no unit qualifies.
+    """
+    from machine_monitor.audio.io import LOSSY_CODEC, lossy_round_trip
+
+    sr = det.feature_config.sr
+    units = []
+    for i in order:
+        n = signals[i].size
+        spans = [(0, n)] if n <= WHOLE_FILE_TOLERANCE * segment else [(a, a + segment) for a in unit_starts(n, segment)]
+        units.append([(i, a, b) for a, b in spans if b - a <= _Signals.LONG_SAMPLES])
+    picked, depth = [], 0
+    more = any(units)
+    while more and len(picked) < LOSSY_MAX_UNITS and (depth == 0 or len(picked) < MIN_SCORES):
+        picked += [u[depth] for u in units if depth < len(u)][: LOSSY_MAX_UNITS - len(picked)]
+        depth += 1
+        more = any(depth < len(u) for u in units)
+    scores = []
+    for i, a, b in picked:
+        try:
+            scores.append(scorers[fold_of[i]](lossy_round_trip(signals[i].get(a, b), sr=sr)))
+        except AudioReadError:  # e.g. silent once decoded: no score, as for the unit itself
+            continue
+    scores = np.asarray([v for v in scores if np.isfinite(v)], dtype=np.float64)
+    if scores.size == 0:
+        return None
+    clip = clip_calibration(scores, rate=rate, scale=scale)
+    value = max(float(clip["value"]), float(floor))  # never below the lossless chain's
+    long_file = long_file_calibration(scores, rate=rate, floor=value, scale=scale)
+    return {"codec": f"{LOSSY_CODEC[0]} {LOSSY_CODEC[1]}, libsndfile's default quality", "value": value,
+            "n": int(scores.size), "clip": clip, "long_file": long_file,
+            "evidence": "out-of-fold clip scores of training units coded lossily and decoded"}
+
+
 def _stream_scores(score, rec, window: int, hop: int) -> np.ndarray:
     """One score per hop of the monitor's sliding windows over a recording (ending at window, window + hop, ...)."""
     out = []
@@ -495,6 +542,8 @@ def _calibrate_from(det, signals, groups, fold_of, scorers, *, how, rate, target
     if live["value"] < clip["value"]:
         live["value_model"], live["value"] = live["value"], clip["value"]
         live["note"] = "raised to the clip threshold"
+    lossy = _lossy_calibration(det, signals, fold_of, order, scorers, segment, rate=rate, scale=scale,
+                               floor=clip["value"])
     levels = level_profile(np.concatenate([rec.levels(sr) for rec in signals]))
 
     warnings = list(dict.fromkeys(clip.get("warnings", []) + long_file["warnings"] + live["warnings"]))
@@ -505,6 +554,7 @@ def _calibrate_from(det, signals, groups, fold_of, scorers, *, how, rate, target
         "n_recordings": len(clips), "n_groups": len(set(groups)), "n_folds": k_folds,
         "audio_minutes": minutes,
         "clip": clip, "long_file": long_file, "live": live, "levels": levels,
+        **({"lossy": lossy} if lossy else {}),
         "expected": {"clip_false_alarm_rate": rate, "long_file_false_alarm_rate": rate,
                      "live_false_alerts_per_day": live["expected_false_alarms_per_day"]},
         "warnings": warnings,
