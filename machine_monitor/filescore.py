@@ -27,7 +27,14 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
-from machine_monitor.audio.io import audio_duration, audio_info, check_signal, load_audio_if_short, read_blocks
+from machine_monitor.audio.io import (
+    LOSSY_FORMATS,
+    audio_duration,
+    audio_info,
+    check_signal,
+    load_audio_if_short,
+    read_blocks,
+)
 from machine_monitor.errors import AudioReadError, SilentAudioError
 
 log = logging.getLogger(__name__)
@@ -302,8 +309,6 @@ def _threshold(det, path, n: int) -> float:
         return det.threshold_value_
     lossy = False
     if str(path).lower().endswith(LOSSY_SUFFIXES) and getattr(det, "judges_lossy_apart", lambda: False)():
-        from machine_monitor.screening import LOSSY_FORMATS
-
         try:
             lossy = str(audio_info(path).format).upper() in LOSSY_FORMATS
         except AudioReadError:

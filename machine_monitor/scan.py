@@ -17,6 +17,7 @@ import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
+from machine_monitor.audio.io import LOSSY_FORMATS
 from machine_monitor.errors import ConfigError
 from machine_monitor.filescore import RECORD_FIELDS, ScanRow, score_files
 
@@ -312,7 +313,6 @@ def write_rows_atomic(path: str | os.PathLike, rows: Sequence[ScanRow], fmt: str
         raise
 
 
-LOSSY_FORMATS = {"OGG", "MP3", "MPEG"}
 
 
 def training_chain(det) -> dict | None:

@@ -36,6 +36,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from machine_monitor.audio.io import LOSSY_FORMATS
 from machine_monitor.errors import AudioReadError, ConfigError, SilentAudioError
 
 log = logging.getLogger(__name__)
@@ -56,8 +57,6 @@ SCALE_FLOOR_DB = 0.75
 DC_SHARE = 0.99
 #: A clip with this share of the clips (at least 1, at most 3) close to it is a mode, not odd.
 GROUP_SHARE = 0.05
-#: Formats that change the sound they store (a clip in one among lossless ones is another chain).
-LOSSY_FORMATS = {"OGG", "MP3", "MPEG"}
 #: Share of clips that may be left out; at or above it, training is refused.
 MAX_LEFT_OUT = 0.5
 

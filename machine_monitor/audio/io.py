@@ -595,6 +595,9 @@ def write_wav(path: str | os.PathLike, y: np.ndarray, *, sr: int = SAMPLE_RATE) 
     return path
 
 
+#: libsndfile formats that are lossy-coded.
+LOSSY_FORMATS = frozenset({"OGG", "MP3", "MPEG"})
+
 #: The lossy coding a model calibrates for besides its own chain: OGG Vorbis at libsndfile's
 #: default quality (what an archive re-coded to save space most often is).
 LOSSY_CODEC = ("OGG", "VORBIS")

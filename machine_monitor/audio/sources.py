@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from machine_monitor.audio.io import (
+    LOSSY_FORMATS,
     SAMPLE_RATE,
     audio_info,
     check_sample_rate,
@@ -329,6 +330,11 @@ class FileSource(ArraySource):
     def seconds(self) -> float:
         """Length of the file according to its (checked) header."""
         return self.info.seconds
+
+    @property
+    def lossy(self) -> bool:
+        """Whether the file is lossy-coded (OGG, MP3): a model judges it against its lossy thresholds."""
+        return str(self.info.format).upper() in LOSSY_FORMATS
 
     def _blocks(self):
         for block, _ in iter_raw_blocks(self.path, block_seconds=self.block_seconds):

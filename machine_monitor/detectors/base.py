@@ -418,7 +418,7 @@ class BaseDetector:
     def judges_lossy_apart(self) -> bool:
         """Whether lossy-coded inputs (OGG, MP3) get their own thresholds: the model has them
         (fitted since they exist) and was trained on lossless audio."""
-        from machine_monitor.screening import LOSSY_FORMATS
+        from machine_monitor.audio.io import LOSSY_FORMATS
 
         cal = getattr(self, "calibration_", None) or {}
         if not isinstance(cal.get("lossy"), dict):

@@ -136,51 +136,55 @@ def recording_units(det, clip, i: int = 0) -> list[float]:
     return _unit_scores(det.score_signal, signals[0], max(cfg.min_samples, int(round(clip_seconds * cfg.sr))))
 
 
-#: Training units coded lossily for the lossy-input thresholds, at most (~35 ms each for 10 s).
-LOSSY_MAX_UNITS = 200
+#: Training recordings coded lossily for the lossy-input thresholds, at most (~35 ms for 10 s each).
+LOSSY_MAX_RECORDINGS = 200
 
 
 def _lossy_calibration(det, signals, fold_of, order, scorers, segment: int, *, rate: float, scale: str,
-                       floor: float) -> dict | None:
-    """Clip and long-file thresholds for lossy-coded copies of the machine's sound.
+                       floor: dict, live_rule, window: int, hop: int, target: float) -> dict | None:
+    """Clip, long-file and live thresholds for lossy-coded copies of the machine's sound.
 
     A lossy codec changes what a model trained on lossless audio hears (OGG Vorbis at its
     default quality moved band levels by up to 2 dB and their variability more: every normal
     demo clip scored 4 times the threshold), so a lossy file is judged against the same
-    out-of-fold calibration run on the training units coded with that codec and decoded
-    again (:func:`machine_monitor.audio.io.lossy_round_trip`): one unit of every recording
-    first, more of each while fewer than ``MIN_SCORES``, at most ``LOSSY_MAX_UNITS``; units
-    over a minute are left out. ``None`` when no unit qualifies.
+    out-of-fold calibration run on the training recordings coded with that codec and decoded
+    again (:func:`machine_monitor.audio.io.lossy_round_trip`): up to
+    ``LOSSY_MAX_RECORDINGS`` recordings of at most a minute, each scored in clip units and
+    streamed through the live windows by the parts blind to its fold. Each threshold is at
+    least the lossless chain's (``floor``: the clip and live values). ``None`` when no
+    recording qualifies.
     """
     from machine_monitor.audio.io import LOSSY_CODEC, lossy_round_trip
 
     sr = det.feature_config.sr
-    units = []
-    for i in order:
-        n = signals[i].size
-        spans = [(0, n)] if n <= WHOLE_FILE_TOLERANCE * segment else [(a, a + segment) for a in unit_starts(n, segment)]
-        units.append([(i, a, b) for a, b in spans if b - a <= _Signals.LONG_SAMPLES])
-    picked, depth = [], 0
-    more = any(units)
-    while more and len(picked) < LOSSY_MAX_UNITS and (depth == 0 or len(picked) < MIN_SCORES):
-        picked += [u[depth] for u in units if depth < len(u)][: LOSSY_MAX_UNITS - len(picked)]
-        depth += 1
-        more = any(depth < len(u) for u in units)
-    scores = []
-    for i, a, b in picked:
+    picked = [i for i in order if signals[i].size <= _Signals.LONG_SAMPLES][:LOSSY_MAX_RECORDINGS]
+    units, streams, groups = [], [], []
+    for i in picked:
         try:
-            scores.append(scorers[fold_of[i]](lossy_round_trip(signals[i].get(a, b), sr=sr)))
-        except AudioReadError:  # e.g. silent once decoded: no score, as for the unit itself
+            coded = _Held(lossy_round_trip(signals[i].get(0, signals[i].size), sr=sr))
+            s = [v for v in _unit_scores(scorers[fold_of[i]], coded, segment) if np.isfinite(v)]
+        except AudioReadError:  # e.g. silent once decoded: no score, as for the recording itself
             continue
-    scores = np.asarray([v for v in scores if np.isfinite(v)], dtype=np.float64)
-    if scores.size == 0:
+        units += s
+        groups += [i] * len(s)
+        streams += _split_at_gaps(_stream_scores(scorers[fold_of[i]], coded, window, hop))
+    if not units:
         return None
-    clip = clip_calibration(scores, rate=rate, scale=scale)
-    value = max(float(clip["value"]), float(floor))  # never below the lossless chain's
-    long_file = long_file_calibration(scores, rate=rate, floor=value, scale=scale)
+    evidence, n_eff = np.asarray(units, dtype=np.float64), None
+    stride = max(1, math.ceil(window / hop))
+    independent = np.concatenate([x[::stride] for x in streams]) if streams else np.zeros(0)
+    if evidence.size < MIN_SCORES and independent.size > evidence.size:  # as the lossless clip evidence
+        evidence, n_eff = independent, min(len(set(groups)), int(independent.size))
+    clip = clip_calibration(evidence, rate=rate, scale=scale, n_eff=n_eff)
+    value = max(float(clip["value"]), float(floor["clip"]))
+    long_file = long_file_calibration(evidence, rate=rate, floor=value, scale=scale, n_eff=n_eff)
+    live = None
+    if streams:
+        live = live_calibration(streams, live_rule, false_alarms_per_day=target, block=stride, scale=scale)
+        live["value"] = max(float(live["value"]), value, float(floor["live"]))
     return {"codec": f"{LOSSY_CODEC[0]} {LOSSY_CODEC[1]}, libsndfile's default quality", "value": value,
-            "n": int(scores.size), "clip": clip, "long_file": long_file,
-            "evidence": "out-of-fold clip scores of training units coded lossily and decoded"}
+            "n": int(evidence.size), "n_recordings": len(set(groups)), "clip": clip, "long_file": long_file,
+            "live": live, "evidence": "out-of-fold scores of training recordings coded lossily and decoded"}
 
 
 def _stream_scores(score, rec, window: int, hop: int) -> np.ndarray:
@@ -543,7 +547,8 @@ def _calibrate_from(det, signals, groups, fold_of, scorers, *, how, rate, target
         live["value_model"], live["value"] = live["value"], clip["value"]
         live["note"] = "raised to the clip threshold"
     lossy = _lossy_calibration(det, signals, fold_of, order, scorers, segment, rate=rate, scale=scale,
-                               floor=clip["value"])
+                               floor={"clip": clip["value"], "live": live["value"]}, live_rule=live_rule,
+                               window=window, hop=hop, target=target)
     levels = level_profile(np.concatenate([rec.levels(sr) for rec in signals]))
 
     warnings = list(dict.fromkeys(clip.get("warnings", []) + long_file["warnings"] + live["warnings"]))

@@ -158,6 +158,12 @@ class Monitor:
         self.quiet_windows = max(1, math.ceil(policy.quiet_seconds * self.sr / self.hop))
         #: The score a window must exceed, and how it was set (calibrated live level, see AlertPolicy).
         self.level, self.level_source = policy.window_level(detector, window=self.window, hop=self.hop)
+        lossy_live = ((getattr(detector, "calibration_", None) or {}).get("lossy") or {}).get("live")
+        if (getattr(source, "lossy", False) and lossy_live and policy.margin is None
+                and getattr(detector, "judges_lossy_apart", lambda: False)()):
+            # A lossy file replayed: its codec alone moves the scores (see calibration's lossy thresholds).
+            self.level = max(self.level, float(lossy_live["value"]))
+            self.level_source += "; a lossy-coded input: the level calibrated on lossily coded training audio"
         #: The training audio's level profile: far quieter sound means the machine is stopped.
         self.levels = (getattr(detector, "calibration_", None) or {}).get("levels")
         self.scorer = detector.streaming()
