@@ -136,8 +136,11 @@ def recording_units(det, clip, i: int = 0) -> list[float]:
     return _unit_scores(det.score_signal, signals[0], max(cfg.min_samples, int(round(clip_seconds * cfg.sr))))
 
 
-#: Training recordings coded lossily for the lossy-input thresholds, at most (~35 ms for 10 s each).
+#: Training recordings coded lossily for the lossy-input thresholds, at most (~35 ms for 10 s each),
+#: and how many of them are also streamed for the lossy live level (monitor --input of a lossy
+#: file: rare, and streaming every window doubles what the live calibration costs).
 LOSSY_MAX_RECORDINGS = 200
+LOSSY_STREAM_RECORDINGS = 6
 
 
 def _lossy_calibration(det, signals, fold_of, order, scorers, segment: int, *, rate: float, scale: str,
@@ -149,15 +152,18 @@ def _lossy_calibration(det, signals, fold_of, order, scorers, segment: int, *, r
     demo clip scored 4 times the threshold), so a lossy file is judged against the same
     out-of-fold calibration run on the training recordings coded with that codec and decoded
     again (:func:`machine_monitor.audio.io.lossy_round_trip`): up to
-    ``LOSSY_MAX_RECORDINGS`` recordings of at most a minute, each scored in clip units and
-    streamed through the live windows by the parts blind to its fold. Each threshold is at
+    ``LOSSY_MAX_RECORDINGS`` recordings of at most a minute, each scored in clip units (the
+    first ``LOSSY_STREAM_RECORDINGS`` also streamed through the live windows) by the parts
+    blind to its fold. Each threshold is at
     least the lossless chain's (``floor``: the clip and live values). ``None`` when no
     recording qualifies.
     """
     from machine_monitor.audio.io import LOSSY_CODEC, lossy_round_trip
 
     sr = det.feature_config.sr
-    picked = [i for i in order if signals[i].size <= _Signals.LONG_SAMPLES][:LOSSY_MAX_RECORDINGS]
+    # Only recordings a blind part scores (fold -1: a kind with one held-out split trained on it).
+    picked = [i for i in order if fold_of[i] >= 0 and signals[i].size <= _Signals.LONG_SAMPLES]
+    picked = picked[:LOSSY_MAX_RECORDINGS]
     units, streams, groups = [], [], []
     for i in picked:
         try:
@@ -167,7 +173,8 @@ def _lossy_calibration(det, signals, fold_of, order, scorers, segment: int, *, r
             continue
         units += s
         groups += [i] * len(s)
-        streams += _split_at_gaps(_stream_scores(scorers[fold_of[i]], coded, window, hop))
+        if len(set(groups)) <= LOSSY_STREAM_RECORDINGS:
+            streams += _split_at_gaps(_stream_scores(scorers[fold_of[i]], coded, window, hop))
     if not units:
         return None
     evidence, n_eff = np.asarray(units, dtype=np.float64), None
