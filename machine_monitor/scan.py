@@ -315,15 +315,6 @@ def write_rows_atomic(path: str | os.PathLike, rows: Sequence[ScanRow], fmt: str
 
 
 
-def training_chain(det) -> dict | None:
-    """The recording chain (input rate, format, channels) most training clips came through, if recorded."""
-    screening = getattr(det, "screening_", None)
-    if screening is None:
-        screening = (getattr(det, "manifest_", None) or {}).get("training", {}).get("screening")
-    chain = (screening or {}).get("chain")
-    return chain if isinstance(chain, dict) and chain else None
-
-
 def chain_differences(det, files: Sequence[str], *, limit: int = 2_000) -> str | None:
     """One warning when inputs come through another chain than the training clips, else ``None``.
 
@@ -333,7 +324,7 @@ def chain_differences(det, files: Sequence[str], *, limit: int = 2_000) -> str |
     from machine_monitor.audio.io import audio_info
     from machine_monitor.errors import MachineMonitorError
 
-    chain = training_chain(det)
+    chain = det.training_chain() if hasattr(det, "training_chain") else None
     if chain is None:
         return None
 

@@ -423,9 +423,15 @@ class BaseDetector:
         cal = getattr(self, "calibration_", None) or {}
         if not isinstance(cal.get("lossy"), dict):
             return False
-        screening = getattr(self, "screening_", None) or (getattr(self, "manifest_", None) or {}).get(
-            "training", {}).get("screening") or {}
-        return str((screening.get("chain") or {}).get("format")).upper() not in LOSSY_FORMATS
+        return str((self.training_chain() or {}).get("format")).upper() not in LOSSY_FORMATS
+
+    def training_chain(self) -> dict | None:
+        """The recording chain (input rate, format, channels) most training clips came through, if recorded."""
+        screening = getattr(self, "screening_", None)
+        if screening is None:
+            screening = (getattr(self, "manifest_", None) or {}).get("training", {}).get("screening")
+        chain = (screening or {}).get("chain")
+        return chain if isinstance(chain, dict) and chain else None
 
     def streaming(self) -> StreamScorer:
         """A scorer for overlapping windows of one stream (what the live monitor uses)."""

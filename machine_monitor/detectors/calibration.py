@@ -136,6 +136,18 @@ def recording_units(det, clip, i: int = 0) -> list[float]:
     return _unit_scores(det.score_signal, signals[0], max(cfg.min_samples, int(round(clip_seconds * cfg.sr))))
 
 
+def _clip_evidence(unit_scores: np.ndarray, streams: list, stride: int, n_recordings: int):
+    """What a clip threshold rests on: the clip-unit scores; when there are too few, the
+    non-overlapping live windows (each a clip unit or shorter: their scores spread at least as
+    wide, so the threshold errs high). Returns ``(scores, n_eff)``: ``n_eff`` is ``None`` for
+    unit scores, else the recordings the windows come from (windows of one recording are not
+    independent scores: a bound's uncertainty counts recordings)."""
+    independent = np.concatenate([s[::stride] for s in streams]) if streams else np.zeros(0)
+    if unit_scores.size < MIN_SCORES and independent.size > unit_scores.size:
+        return independent, min(n_recordings, int(independent.size))
+    return unit_scores, None
+
+
 #: Training recordings coded lossily for the lossy-input thresholds, at most (~35 ms for 10 s each),
 #: and how many of them are also streamed for the lossy live level (monitor --input of a lossy
 #: file: rare, and streaming every window doubles what the live calibration costs).
@@ -177,11 +189,8 @@ def _lossy_calibration(det, signals, fold_of, order, scorers, segment: int, *, r
             streams += _split_at_gaps(_stream_scores(scorers[fold_of[i]], coded, window, hop))
     if not units:
         return None
-    evidence, n_eff = np.asarray(units, dtype=np.float64), None
     stride = max(1, math.ceil(window / hop))
-    independent = np.concatenate([x[::stride] for x in streams]) if streams else np.zeros(0)
-    if evidence.size < MIN_SCORES and independent.size > evidence.size:  # as the lossless clip evidence
-        evidence, n_eff = independent, min(len(set(groups)), int(independent.size))
+    evidence, n_eff = _clip_evidence(np.asarray(units, dtype=np.float64), streams, stride, len(set(groups)))
     clip = clip_calibration(evidence, rate=rate, scale=scale, n_eff=n_eff)
     value = max(float(clip["value"]), float(floor["clip"]))
     long_file = long_file_calibration(evidence, rate=rate, floor=value, scale=scale, n_eff=n_eff)
@@ -517,18 +526,11 @@ def _calibrate_from(det, signals, groups, fold_of, scorers, *, how, rate, target
             streams += _split_at_gaps(_stream_scores(scorers[f], signals[i], window, hop))
     unit_scores = np.asarray(unit_scores, dtype=np.float64)
 
-    # The clip threshold: scan-unit scores; when there are too few, non-overlapping live windows
-    # (each a clip unit or shorter: their scores spread at least as wide, so the threshold errs high).
-    evidence, source = unit_scores, "out-of-fold clip scores"
     stride = max(1, math.ceil(window / hop))
-    independent = np.concatenate([s[::stride] for s in streams]) if streams else np.zeros(0)
-    n_eff = None
-    if unit_scores.size < MIN_SCORES and independent.size > unit_scores.size:
-        evidence, source = independent, "out-of-fold scores of non-overlapping live windows"
-        unit_groups = None
-        # Windows of one recording are not independent scores: the bound's uncertainty counts recordings.
-        n_eff = min(len(signals), int(independent.size))
-        source += f" of {n_eff} recordings"
+    evidence, n_eff = _clip_evidence(unit_scores, streams, stride, len(signals))
+    source = "out-of-fold clip scores"
+    if n_eff is not None:
+        source, unit_groups = f"out-of-fold scores of non-overlapping live windows of {n_eff} recordings", None
     # The kind declares its score's scale: the tail model of the clip and long-file units follows it.
     scale = getattr(det, "score_scale", "positive")
     if getattr(det, "threshold_method", "gamma") == "percentile":

@@ -512,8 +512,8 @@ class MultiViewDetector(BaseDetector):
         self.n_folds_ = int(mv["folds"])
         self.member_folds_ = self.fold_of_ = np.asarray(mv["fold_of"], dtype=np.int64)
         self.groups_ = list(mv["groups"])
-        self.peak_pooling_ = {"decay": float(mv.get("peak_pooling", _MAX_POOLING)["decay"]),
-                              "top": int(mv.get("peak_pooling", _MAX_POOLING)["top"])}
+        pool = mv.get("peak_pooling", _MAX_POOLING)  # checked by _check_manifest
+        self.peak_pooling_ = {"decay": float(pool["decay"]), "top": int(pool["top"])}
         self.reference_logmel_ = arrays["reference_logmel"]
         if self.reference_logmel_.shape != (self.feature_config_.n_mels,):
             raise ModelError(f"{root / 'arrays.safetensors'}: reference_logmel does not match the mel bands")
