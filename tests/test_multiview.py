@@ -62,6 +62,25 @@ def test_standardisation_is_robust_z_of_log_scores():
     assert robust_location_scale(np.full(10, 3.0))[1] > 0
 
 
+def test_a_folds_scale_from_a_few_recordings_is_not_near_zero():
+    """Three training recordings: the two left outside a fold may score alike by chance; their
+    near-zero spread must not turn that fold's out-of-fold scores into z of hundreds."""
+    from machine_monitor.detectors.multiview import FOLD_SCALE_FLOOR, _Member
+
+    m = _Member("peak", None)
+    m.oof_scores_ = [np.exp(np.array([v])) for v in (0.0, 0.001, 2.0)]  # one span per recording
+    m.set_standardisation(np.array([0, 1, 2]))
+    assert min(m.fold_scale_) >= FOLD_SCALE_FLOOR * m.scale_
+    assert np.abs(m.oof_z()).max() < 10
+    # Many recordings: each fold's own scale, untouched by the floor.
+    rng = np.random.default_rng(0)
+    m.oof_scores_ = [np.exp(rng.normal(size=1)) for _ in range(50)]
+    m.set_standardisation(np.arange(50) % 5)
+    for k, scale in enumerate(m.fold_scale_):
+        rest = np.concatenate([m.oof_scores_[i] for i in range(50) if i % 5 != k])
+        assert scale == pytest.approx(robust_location_scale(rest)[1])
+
+
 def test_fusion_rules():
     z = np.array([[0.0, 5.0, -1.0], [1.0, 0.0, -2.0], [3.0, 1.0, -3.0]])  # (members, clips)
     np.testing.assert_allclose(fuse(z, "max"), [3.0, 5.0, -1.0])
