@@ -224,6 +224,29 @@ def run_multiview(ds: dict, seed: int) -> dict[str, tuple[list[float], float]]:
     scores = [file_member_z(det, p) for p, _, _ in ds["test"]]
     out = {m: ([s[m] for s in scores], det.member_fit_seconds_[m]) for m in det.members_}
     out.update({r: ([s[r] for s in scores], det.fit_seconds_) for r in FUSED})
+    return out, member_spread(det, ds, scores)
+
+
+def member_spread(det, ds: dict, scores: list[dict]) -> dict[str, float]:
+    """Each member's z spread on the normal test files over its spread out of fold (sd ratio).
+
+    The threshold and the standardisation rest on out-of-fold scores (one network blind to
+    the clip); new audio is scored by the mean of every fold network. 1 means new normal
+    sound spreads as the calibration assumed; below 1, that member's z is squeezed on new
+    audio and rarely wins the fused maximum (a diagnosis, not a goal).
+    """
+    import numpy as np
+
+    from machine_monitor.scorers.residual import aggregate
+
+    normal = [i for i, (_, lab, _) in enumerate(ds["test"]) if lab == 0]
+    out = {}
+    for name, m in det.members_.items():
+        z = m.oof_z()
+        bounds = np.cumsum([0] + [len(o) for o in m.oof_scores_])
+        oof = np.array([aggregate(z[a:b], det.aggregate) for a, b in zip(bounds[:-1], bounds[1:])])
+        new = np.array([scores[i][name] for i in normal])
+        out[name] = float(np.std(new) / max(np.std(oof), 1e-12)) if len(new) > 1 and len(oof) > 1 else float("nan")
     return out
 
 
@@ -287,11 +310,13 @@ def main(argv=None) -> int:
     if not args.only_real:
         sets += synthetic_sets(args.synth_dir, args.kinds)
     runs = []  # one record per (set, subset, row, seed)
+    spreads = []  # one record per (set, seed): member_spread
     t_all = time.perf_counter()
     for ds in sets:
         for seed in args.seeds:
             t0 = time.perf_counter()
-            results = run_multiview(ds, seed)
+            results, spread = run_multiview(ds, seed)
+            spreads.append({"set": ds["name"], "seed": seed, **spread})
             if not args.no_pyod:
                 results[PYOD_ROW] = run_pyod(ds, seed)
             for row, (scores, fit_s) in results.items():
@@ -327,8 +352,14 @@ def main(argv=None) -> int:
     print("(mean ± sample standard deviation over seeds)")
     print()
     print("\n".join(matrix(summary)))
+    print()
+    print("z spread of each member on the normal test files / out of fold (sd ratio, mean over seeds):")
+    for name in dict.fromkeys(r["set"] for r in spreads):
+        rs = [r for r in spreads if r["set"] == name]
+        cells = [f"{m} {statistics.fmean(r[m] for r in rs):.2f}" for m in MEMBERS if m in rs[0]]
+        print(f"{name:<22} " + "  ".join(cells))
     if args.json:
-        args.json.write_text(json.dumps({"runs": runs, "summary": summary, "seeds": args.seeds,
+        args.json.write_text(json.dumps({"runs": runs, "summary": summary, "spreads": spreads, "seeds": args.seeds,
                                          "threads": args.threads}, indent=1))
     return 0
 
