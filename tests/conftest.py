@@ -3,16 +3,31 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
-import numpy as np
-import pytest
+# One compute thread per xdist worker: two workers on two cores, not two workers each running
+# two BLAS and two torch threads (oversubscribed, the suite ran ~1.3x slower). Set before numpy
+# loads; the CLI subprocesses the tests start inherit it.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORDINGS = ROOT / "recordings"
 SHARED_DATA = ROOT.parent / "shared" / "data"
 VALVE_SPLIT = SHARED_DATA / "splits" / "dcase2023-valve.json"
 SR = 16_000
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(1)
+    threadpool_limits(1)  # in case a plugin loaded numpy before this file
 
 # Few epochs for frame models: tests check behaviour, benchmarks check accuracy.
 FAST = {"epochs": 8, "patience": 3, "batch_size": 128, "seed": 0}
