@@ -538,7 +538,9 @@ def soft_peak_windows(f: np.ndarray, *, context: int = 311, stride: int = 16, de
     view = sliding_window_view(np.asarray(f, dtype=np.float32), context, axis=0)  # (n, d, context), no copy
     out = np.empty((starts.size, f.shape[1]), dtype=np.float32)
     for a in range(0, starts.size, chunk):
-        neg = -view[starts[a:a + chunk]]  # the chunk's spans, copied once
-        loudest = np.sort(np.partition(neg, k - 1, axis=2)[..., :k], axis=2)  # -(k largest), loudest first
+        neg = view[starts[a:a + chunk]]  # the chunk's spans, copied once and negated in place
+        np.negative(neg, out=neg)
+        loudest = np.partition(neg, k - 1, axis=2)[..., :k]  # -(k largest)
+        loudest.sort(axis=2)  # loudest first
         out[a:a + chunk] = -(loudest @ w)
     return out

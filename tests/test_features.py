@@ -114,6 +114,7 @@ def test_soft_peak_is_rank_pooling_of_the_loudest_frames_and_the_maximum_at_deca
     np.testing.assert_array_equal(soft_peak_windows(f, context=311, stride=16, decay=0.0),
                                   peak_windows(f, context=311, stride=16))
     assert soft_peak_windows(f[:100], context=311).shape == (0, 16)
+    np.testing.assert_array_equal(f, np.random.default_rng(0).normal(size=(700, 16)).astype(np.float32))  # untouched
 
 
 def test_soft_peak_moves_less_than_the_maximum_for_one_loud_frame_and_sees_several_clicks():
