@@ -7,11 +7,17 @@ import os
 from pathlib import Path
 
 # One compute thread per xdist worker: two workers on two cores, not two workers each running
-# two BLAS and two torch threads (oversubscribed, the suite ran ~1.3x slower). Set before numpy
-# loads; the CLI subprocesses the tests start inherit it.
+# two BLAS and two torch threads (oversubscribed, the suite ran ~1.3x slower). The variables are
+# set before numpy loads, and the CLI subprocesses the tests start inherit them; the limits
+# cover a numpy a plugin may have loaded before this file, and torch's own pool.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(_var, "1")
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(1)
+    threadpool_limits(1)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -21,13 +27,6 @@ RECORDINGS = ROOT / "recordings"
 SHARED_DATA = ROOT.parent / "shared" / "data"
 VALVE_SPLIT = SHARED_DATA / "splits" / "dcase2023-valve.json"
 SR = 16_000
-
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    import torch
-    from threadpoolctl import threadpool_limits
-
-    torch.set_num_threads(1)
-    threadpool_limits(1)  # in case a plugin loaded numpy before this file
 
 # Few epochs for frame models: tests check behaviour, benchmarks check accuracy.
 FAST = {"epochs": 8, "patience": 3, "batch_size": 128, "seed": 0}
