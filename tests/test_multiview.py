@@ -211,6 +211,15 @@ def test_the_peak_views_pooling_is_recorded_and_a_model_saved_before_it_reads_th
         BaseDetector.load(path)
 
 
+def test_a_refitted_detector_scores_with_its_new_networks(train_clips):
+    """The out-of-fold screening refits the same object: scores must come from the new fit."""
+    again = MultiViewDetector(**{**FAST, "members": ("peak", "mean")}).fit(train_clips[:6])
+    again.score_signal(clip(404))  # builds the batched copy of the first fit's networks
+    again.fit(train_clips[3:])
+    fresh = MultiViewDetector(**{**FAST, "members": ("peak", "mean")}).fit(train_clips[3:])
+    assert again.score_signal(clip(404)) == pytest.approx(fresh.score_signal(clip(404)), rel=1e-5)
+
+
 def test_a_model_json_with_an_unknown_member_is_refused(det, tmp_path):
     path = det.save(tmp_path / "mv")
     m = json.loads((path / "model.json").read_text())

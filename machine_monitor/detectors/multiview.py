@@ -257,6 +257,7 @@ class MultiViewDetector(BaseDetector):
         members = self._check_members()
         clips = as_clip_list(clips)
         self._check_params(len(clips))
+        self._merged = None  # networks batched for scoring: a refit (out-of-fold screening) makes new ones
         self.peak_pooling_ = {"decay": SOFT_PEAK_DECAY, "top": SOFT_PEAK_TOP}
         if groups is not None and len(groups) != len(clips):
             raise ConfigError(f"groups must give one label per clip: {len(groups)} labels for {len(clips)} clips")
