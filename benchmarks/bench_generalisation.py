@@ -7,8 +7,9 @@ five dcase2020-<type> sanity checks) and every SYNTHETIC machine kind x fault me
 * fit the default multi-view detector once on the training clips; its members are the
   single-view detectors (a member alone is seeded by its view, so it is the same model as
   inside the bank: ``tests/test_multiview.py``), so the rows ``peak``, ``mean``, ``std`` and
-  ``frame`` are the members' standardised scores, ``default`` their fusion (``max``), and
-  ``fuse top2`` / ``fuse mean`` the other fusion rules on the very same members;
+  ``frame`` are the members' standardised scores, ``default`` their fusion (``whitened-max``:
+  decorrelated, then the maximum), and ``fuse max`` (no decorrelation) / ``fuse top2`` /
+  ``fuse mean`` the other fusion rules on the very same members;
 * PyOD's AudioAE (same front-end as the DCASE baseline, 40 epochs) in the same run;
 * score the test files as ``scan`` / ``evaluate`` do: a file up to 1.25 clip lengths whole,
   a longer one in clip-length segments, its score the worst segment's;
@@ -48,7 +49,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SPLITS_DIR = ROOT.parent / "shared" / "data" / "splits"
 MEMBERS = ("peak", "mean", "std", "frame")
-FUSED = {"default": "max", "fuse top2": "top2", "fuse mean": "mean"}
+FUSED = {"default": "whitened-max", "fuse max": "max", "fuse top2": "top2", "fuse mean": "mean"}
 PYOD_ROW = "pyod AudioAE"
 BATCHED = "ours (score_files, 16)"
 PYOD_KWARGS = {"n_mels": 128, "context": 5, "hop_length": 512, "sr": 16000, "epoch_num": 40}
@@ -210,7 +211,7 @@ def file_member_z(det, path: str) -> dict[str, float]:
         zs = np.stack([z[n] for n in names])  # (members, spans)
         row = {n: aggregate(zs[i], det.aggregate) for i, n in enumerate(names)}
         for rowname, rule in FUSED.items():
-            row[rowname] = aggregate(fuse(zs, rule), det.aggregate)
+            row[rowname] = aggregate(fuse(zs, rule, whitening=det.whitening_), det.aggregate)
         per_segment.append(row)
     return {k: max(r[k] for r in per_segment) for k in per_segment[0]}
 
@@ -278,7 +279,7 @@ def metrics(ds: dict, scores) -> dict[str, tuple[float, float]]:
 def matrix(summary: list[dict]) -> list[str]:
     """One line per set/subset: AUC (mean ± sd) of every row, the default's pAUC and fit seconds."""
     cols = [r for r in ROWS if any(s["row"] == r for s in summary)]
-    short = {"fuse top2": "top2", "fuse mean": "mean-fuse", PYOD_ROW: "PyOD AE"}
+    short = {"fuse max": "max", "fuse top2": "top2", "fuse mean": "mean-fuse", PYOD_ROW: "PyOD AE"}
     lines = [f"{'set':<20} {'subset':<11} " + " ".join(f"{short.get(c, c):>11}" for c in cols)
              + f" {'pAUC dflt':>11} {'fit s dflt':>10}"]
     for key in dict.fromkeys((s["set"], s["subset"]) for s in summary):

@@ -285,16 +285,9 @@ def _score_many(det, signals: list[np.ndarray]) -> list[tuple[float, dict]]:
     """:func:`_score` of each signal, a multi-view model's networks run once for all of them:
     ``det.score_members`` (log-mel, members' raw span scores, their standardisation, the
     fusion, the clip aggregate) with the raw scores of the whole batch in one pass."""
-    from machine_monitor.detectors.multiview import fuse
-    from machine_monitor.scorers.residual import aggregate
-
     det._check_fitted()
-    out = []
-    for raw in det.member_window_scores([det.logmel(y) for y in signals]):
-        z = {n: det.members_[n].standardise(raw[n]) for n in det.members_}
-        fused = fuse(np.stack(list(z.values())), det.fusion)
-        out.append((aggregate(fused, det.aggregate), {n: round(aggregate(v, det.aggregate), 4) for n, v in z.items()}))
-    return out
+    return [det.clip_and_members({n: det.members_[n].standardise(raw[n]) for n in det.members_})
+            for raw in det.member_window_scores([det.logmel(y) for y in signals])]
 
 
 #: File endings of lossy-coded audio (confirmed by the file's header before its thresholds change).

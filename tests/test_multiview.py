@@ -17,6 +17,7 @@ from machine_monitor.detectors.base import BaseDetector
 from machine_monitor.detectors.multiview import (
     VIEWS,
     MultiViewDetector,
+    decorrelation,
     fuse,
     robust_location_scale,
     standardise,
@@ -91,6 +92,46 @@ def test_fusion_rules():
         fuse(z, "median")
 
 
+def correlated_normal_z(rho: float, n: int = 400, seed: int = 0) -> np.ndarray:
+    """``(4, n)`` standardised member scores of normal sound sharing one factor (correlation ``rho``)."""
+    rng = np.random.default_rng(seed)
+    return np.sqrt(rho) * rng.normal(size=(1, n)) + np.sqrt(1 - rho) * rng.normal(size=(4, n))
+
+
+def test_decorrelation_gives_uncorrelated_unit_variance_components():
+    z = correlated_normal_z(0.7)
+    w = decorrelation(z)
+    assert w.shape == (4, 4)
+    np.testing.assert_allclose(np.cov(w @ z), np.eye(4), atol=0.12)  # on normal sound: uncorrelated, unit variance
+    assert np.all(np.argmax(np.abs(w), axis=1) == np.arange(4))  # each component nearest its own member
+    # Members that do not correlate: the components are the members' z themselves.
+    np.testing.assert_allclose(decorrelation(correlated_normal_z(0.0)), np.eye(4), atol=0.12)
+    # Many spans from few recordings: shrunk toward the identity, no component amplified wildly.
+    few = decorrelation(z, n_recordings=4)
+    assert np.abs(few).max() < np.abs(w).max() and np.linalg.norm(few, 2) < 1.5
+    # Too few spans to estimate a correlation, or one member: the identity (and the members' mean).
+    np.testing.assert_allclose(decorrelation(z[:, :2]), np.eye(4))
+    np.testing.assert_allclose(decorrelation(z[:1]), [[1.0]])
+
+
+def test_whitened_max_puts_one_views_fault_above_normal_sound_every_view_finds_unusual():
+    """Real recordings raise every member's z together (another day, another gain): a plain
+    maximum ranks such a normal clip above a fault that one view alone sees; once the members
+    are decorrelated the fault stands out. A fault every view sees strongly still stands out."""
+    w = decorrelation(correlated_normal_z(0.7))
+    shifted_normal = np.array([[3.2], [2.8], [2.8], [2.8]])
+    one_view_fault = np.array([[3.0], [0.0], [0.0], [0.0]])
+    assert fuse(shifted_normal, "max") > fuse(one_view_fault, "max")
+    assert fuse(one_view_fault, "whitened-max", whitening=w) > fuse(shifted_normal, "whitened-max", whitening=w)
+    every_view_fault = np.full((4, 1), 10.0)  # a machine grown louder: seen by all, far beyond normal
+    def wmax(z):
+        return fuse(z, "whitened-max", whitening=w)[0]
+
+    assert wmax(every_view_fault) > 2 * wmax(shifted_normal) and wmax(every_view_fault) > wmax(one_view_fault)
+    with pytest.raises(ConfigError, match="whitening"):
+        fuse(one_view_fault, "whitened-max")
+
+
 @pytest.mark.parametrize("kwargs", [{"members": ("peak", "loud")}, {"members": ()}, {"members": ("std", "std")},
                                     {"fusion": "vote"}, {"folds": 1}])
 def test_bad_parameters_are_refused_before_any_work(kwargs, train_clips):
@@ -135,6 +176,11 @@ def test_out_of_fold_scores_are_what_the_fold_parts_give(det, train_clips):
         assert det.score_signal(train_clips[i], fold=k) == pytest.approx(det.train_scores_[i], rel=1e-4, abs=1e-4)
         assert det.window_scores(train_clips[i], fold=k) == pytest.approx(det.oof_window_scores_[i], rel=1e-4,
                                                                           abs=1e-4)
+    # The decorrelation of the members' z used for fold k's scores was estimated without fold k.
+    oof_z = np.stack([m.oof_z() for m in det.members_.values()])
+    span_fold = np.repeat(det.member_folds_, [len(s) for s in det.oof_window_scores_])
+    for k in range(det.n_folds_):  # two of the three recordings outside each fold
+        np.testing.assert_allclose(det.fold_whitening_[k], decorrelation(oof_z[:, span_fold != k], 2))
     # The deployed model (every fold's parts) has heard the clips: it finds them more ordinary.
     heard = np.mean([det.score_signal(c) for c in train_clips])
     assert heard < np.mean([np.mean(s) for s in det.oof_window_scores_])
@@ -180,9 +226,10 @@ def test_each_member_alone_is_that_views_detector(det, train_clips, groups):
 def test_save_load_round_trip_records_members_and_fusion(det, tmp_path):
     path = det.save(tmp_path / "mv")
     m = json.loads((path / "model.json").read_text())
-    assert m["detector"] == "multiview" and m["params"]["fusion"] == "max"
+    assert m["detector"] == "multiview" and m["params"]["fusion"] == "whitened-max"
     assert [d["name"] for d in m["multiview"]["members"]] == list(VIEWS)
-    assert m["multiview"]["fusion"] == "max" and m["multiview"]["folds"] == 3
+    assert m["multiview"]["fusion"] == "whitened-max" and m["multiview"]["folds"] == 3
+    assert np.shape(m["multiview"]["whitening"]) == (4, 4) and np.shape(m["multiview"]["fold_whitening"]) == (3, 4, 4)
     back = BaseDetector.load(path)
     assert isinstance(back, MultiViewDetector)
     ys = [clip(400), clip(401, "knocks", 2.0)]
@@ -211,6 +258,15 @@ def test_the_peak_views_pooling_is_recorded_and_a_model_saved_before_it_reads_th
         BaseDetector.load(path)
 
 
+def test_a_model_json_without_its_whitening_is_refused(det, tmp_path):
+    path = det.save(tmp_path / "mv")
+    m = json.loads((path / "model.json").read_text())
+    m["multiview"]["fold_whitening"] = m["multiview"]["fold_whitening"][:2]
+    (path / "model.json").write_text(json.dumps(m))
+    with pytest.raises(ModelError, match="whitening"):
+        BaseDetector.load(path)
+
+
 def test_a_refitted_detector_scores_with_its_new_networks(train_clips):
     """The out-of-fold screening refits the same object: scores must come from the new fit."""
     again = MultiViewDetector(**{**FAST, "members": ("peak", "mean")}).fit(train_clips[:6])
@@ -218,6 +274,14 @@ def test_a_refitted_detector_scores_with_its_new_networks(train_clips):
     again.fit(train_clips[3:])
     fresh = MultiViewDetector(**{**FAST, "members": ("peak", "mean")}).fit(train_clips[3:])
     assert again.score_signal(clip(404)) == pytest.approx(fresh.score_signal(clip(404)), rel=1e-5)
+
+
+def test_a_model_saved_with_plain_max_fusion_still_scores_as_it_was_fitted(train_clips, groups, tmp_path):
+    plain = MultiViewDetector(**{**FAST, "fusion": "max"}).fit(train_clips, groups=groups)
+    back = BaseDetector.load(plain.save(tmp_path / "plain"))
+    y = clip(403, "knocks", 2.0)
+    z = plain.member_z(plain.logmel(y))
+    np.testing.assert_allclose(back.window_scores(y), np.max(list(z.values()), axis=0), rtol=1e-5)
 
 
 def test_a_model_json_with_an_unknown_member_is_refused(det, tmp_path):
@@ -233,8 +297,10 @@ def test_explain_says_which_view_and_which_bands(det):
     y = clip(500, "squeal", 4.0)
     ex = det.explain(y)
     assert ex["score"] == pytest.approx(det.score_signal(y))
-    assert set(ex["members"]) == set(VIEWS)
+    # Each view's decorrelated z (what the fusion takes the maximum of), and before decorrelation.
+    assert set(ex["members"]) == set(ex["member_z"]) == set(VIEWS)
     assert ex["top_member"] == max(ex["members"], key=ex["members"].get)
+    assert ex["score"] == pytest.approx(max(ex["members"].values()), rel=1e-6)  # one span: the fused score
     assert all(isinstance(v, float) for v in ex["members"].values())  # what the evidence view draws
     assert set(ex["member_bands"]) == set(VIEWS)
     bands = np.asarray(ex["bands"])

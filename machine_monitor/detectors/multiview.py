@@ -34,13 +34,26 @@ mean of the ``folds`` networks' scores.
 
 **Standardisation and fusion.** A member's span score ``s`` becomes
 ``z = (log s - median) / (IQR / 1.349)`` of its out-of-fold training span scores (log: the
-distances are skewed; median / IQR: robust to the few odd training spans). The fused score
-is the largest ``z`` (``fusion="max"``): the views are complementary, so a fault is often
-seen by one of them only (weaker valve clicks: the peak view alone), and any averaging
-dilutes it; the price, a higher fused score on normal sound, is paid by the threshold,
-which is fitted to the fused out-of-fold scores. ``top2`` (mean of the two largest) and
-``mean`` are the alternatives; ``benchmarks/bench_generalisation.py`` compares all three
-(and ``benchmarks/README.md`` says how ``max`` was chosen).
+distances are skewed; median / IQR: robust to the few odd training spans). The views are
+complementary, so a fault is often seen by one of them only (weaker valve clicks: the peak
+view alone), and any averaging dilutes it: the fused score is a maximum. But on real
+recordings the members' z share a common part: a recording that differs from training in
+any way (another day, another gain, other background) raises every view together (out of
+fold on the DCASE 2023 valve set the members' z correlate at 0.67-0.79; on the project's
+synthetic machines at 0.0-0.45). A plain maximum counts that shared part up to four times.
+The default (``fusion="whitened-max"``) first decorrelates the member z with the inverse
+square root of their out-of-fold correlation (Ledoit-Wolf, symmetric "ZCA" whitening, which
+keeps each component nearest its own member), then takes the maximum
+(:func:`decorrelation`): each view's evidence counts once, and a fault one view sees alone
+stands out from normal sound that every view finds a little unusual. The shared direction
+is deliberately not a component of its own: a fault every view sees only a little is what
+a new session looks like (the usual cause of false alarms), and a fault every view sees
+strongly stands out in every component anyway. The threshold is
+fitted to the fused out-of-fold scores (their decorrelation estimated without the scored
+fold). ``max`` (no decorrelation), ``top2`` (mean of the two largest) and ``mean`` are the
+alternatives;
+``benchmarks/bench_generalisation.py`` compares them (``benchmarks/README.md`` says how
+the default was chosen).
 """
 
 from __future__ import annotations
@@ -74,7 +87,8 @@ log = logging.getLogger(__name__)
 
 #: Every view a member can take, in the default's order.
 VIEWS = ("peak", "mean", "std", "frame")
-FUSIONS = ("max", "top2", "mean")
+FUSIONS = ("whitened-max", "max", "top2", "mean")
+DEFAULT_FUSION = "whitened-max"
 #: The frame view: mels averaged in pairs, 5 frames stacked; scored on a window every 8th
 #: frame (5 of every 8 frames seen: cheap, and span views see every frame), trained on every 4th.
 FRAME_BANDS = 2
@@ -101,19 +115,63 @@ def members_for_features(features: str | None) -> tuple[str, ...]:
                           f"logmel)") from None
 
 
-def fuse(z: np.ndarray, rule: str = "max") -> np.ndarray:
+def fuse(z: np.ndarray, rule: str = "max", *, whitening: np.ndarray | None = None) -> np.ndarray:
     """Fuse standardised member scores ``z`` of shape ``(n_members, n)`` into ``(n,)``.
 
-    ``max``; ``top2``: mean of the two largest; ``mean``. One member: its own score.
+    ``max``; ``whitened-max``: the maximum of ``whitening @ z`` (``whitening`` from
+    :func:`decorrelation`); ``top2``: mean of the two largest; ``mean``. One member: its own score.
     """
     z = np.atleast_2d(np.asarray(z, dtype=np.float64))
-    if rule == "max" or z.shape[0] == 1:
+    if z.shape[0] == 1:
+        return z[0]
+    if rule == "whitened-max":
+        if whitening is None or np.shape(whitening) != (z.shape[0], z.shape[0]):
+            raise ConfigError(f"whitened-max fusion needs a {z.shape[0]} x {z.shape[0]} whitening matrix")
+        return (np.asarray(whitening, dtype=np.float64) @ z).max(axis=0)
+    if rule == "max":
         return z.max(axis=0)
     if rule == "mean":
         return z.mean(axis=0)
     if rule == "top2":
         return np.sort(z, axis=0)[-2:].mean(axis=0)
     raise ConfigError(f"fusion must be one of {', '.join(FUSIONS)}, not {rule!r}")
+
+
+def decorrelation(z: np.ndarray, n_recordings: int | None = None) -> np.ndarray:
+    """The whitening matrix ``whitened-max`` fusion multiplies standardised member scores by.
+
+    Parameters
+    ----------
+    z : np.ndarray [shape=(n_members, n)]
+        Out-of-fold standardised member scores of normal spans.
+    n_recordings : int or None
+        How many recordings (groups) the spans come from; default: one per span.
+
+    Returns
+    -------
+    np.ndarray [shape=(n_members, n_members)]
+        ``R^{-1/2}``, the symmetric ("ZCA") whitening of the members' correlation ``R``: each
+        row has unit variance on normal sound, the rows are uncorrelated, and each stays
+        nearest its own member. ``R``: the Ledoit-Wolf correlation of the spans (each
+        member's own scale kept: ``z`` is already standardised), shrunk toward the identity
+        with the weight of as many recordings as there are members: spans of one recording
+        are not independent evidence, and with a handful of recordings a near-zero
+        eigenvalue would multiply noise several-fold (sensiml-fan, 5 recordings: out-of-fold
+        fused scores of 12 where no member's z passed 5.3). The identity for one member or
+        fewer than 3 spans.
+    """
+    from sklearn.covariance import LedoitWolf
+
+    z = np.atleast_2d(np.asarray(z, dtype=np.float64))
+    m, n = z.shape
+    if m == 1 or n < 3:
+        return np.eye(m)
+    c = LedoitWolf().fit(z.T).covariance_
+    d = np.sqrt(np.maximum(np.diag(c), 1e-12))
+    g = n if n_recordings is None else max(int(n_recordings), 1)
+    r = (g * (c / np.outer(d, d)) + m * np.eye(m)) / (g + m)
+    w, v = np.linalg.eigh(r)
+    return (v * w ** -0.5) @ v.T
 
 
 def robust_location_scale(scores: np.ndarray) -> tuple[float, float]:
@@ -136,7 +194,7 @@ class MultiViewDetector(BaseDetector):
     ----------
     members : sequence of {"peak", "mean", "std", "frame"}
         The views, each one member. One member alone is that view's detector.
-    fusion : {"max", "top2", "mean"}
+    fusion : {"whitened-max", "max", "top2", "mean"}
         How standardised member scores combine (see the module docstring).
     folds : int
         Cross-fitted networks per member (fewer when there are fewer recordings).
@@ -158,7 +216,7 @@ class MultiViewDetector(BaseDetector):
     #: for that scale (:func:`machine_monitor.threshold.tail_model`).
     score_scale = "z"
 
-    def __init__(self, *, members: Sequence[str] = VIEWS, fusion: str = "max", folds: int = 5,
+    def __init__(self, *, members: Sequence[str] = VIEWS, fusion: str = DEFAULT_FUSION, folds: int = 5,
                  aggregate: str = "mean", percentile: float = DEFAULT_PERCENTILE, threshold_method: str = "gamma",
                  val_fraction: float = 0.2, hidden: Sequence[int] = (128, 128, 128, 128), bottleneck: int = 8,
                  frame_hidden: Sequence[int] = (64, 64), epochs: int = 1000, patience: int = 20,
@@ -287,12 +345,19 @@ class MultiViewDetector(BaseDetector):
             self.member_fit_seconds_[name] = time.perf_counter() - t1
         # Out-of-fold span scores -> standardisation (all folds, and without each fold) -> fusion.
         self.history_ = [{"member": n, **h} for n, m in self.members_.items() for h in m.history_]
-        oof_z = []
         for m in self.members_.values():
             m.set_standardisation(fold_of)
-            oof_z.append(m.oof_z())
-        per_span = fuse(np.concatenate(oof_z, axis=0).reshape(len(members), -1), self.fusion)
-        bounds = np.cumsum([0] + [len(s) for s in next(iter(self.members_.values())).oof_scores_])
+        oof_z = np.stack([m.oof_z() for m in self.members_.values()])  # (members, spans)
+        span_counts = [len(s) for s in next(iter(self.members_.values())).oof_scores_]
+        span_fold = np.repeat(fold_of, span_counts)
+        # The decorrelation from every span, and without each fold (for that fold's scores).
+        n_groups = [len({g for g, k in zip(groups, fold_of) if k != j}) for j in range(self.n_folds_)]
+        self.whitening_ = decorrelation(oof_z, len(set(groups)))
+        self.fold_whitening_ = [decorrelation(oof_z[:, span_fold != k], n_groups[k]) for k in range(self.n_folds_)]
+        per_span = np.empty(oof_z.shape[1])
+        for k in range(self.n_folds_):
+            per_span[span_fold == k] = self.fuse(oof_z[:, span_fold == k], fold=k)
+        bounds = np.cumsum([0] + span_counts)
         self.oof_window_scores_ = [per_span[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
         scores = np.array([aggregate(s, self.aggregate) for s in self.oof_window_scores_])
         self.train_scores_ = self.val_scores_ = scores
@@ -382,6 +447,25 @@ class MultiViewDetector(BaseDetector):
         raw = self.member_window_scores(f, fold=fold)
         return {name: m.standardise(raw[name], fold=fold) for name, m in self.members_.items()}
 
+    def fuse(self, z: np.ndarray | dict[str, np.ndarray], *, fold: int | None = None) -> np.ndarray:
+        """The fused span scores ``(n_spans,)`` of the members' standardised span scores
+        (:meth:`member_z`: a dict, or their stack ``(n_members, n_spans)``); ``fold=k``: with
+        the decorrelation estimated without fold ``k``."""
+        if isinstance(z, dict):
+            z = np.stack([z[n] for n in self.members_])
+        whitening = None
+        if self.fusion == "whitened-max":
+            whitening = self.whitening_ if fold is None else self.fold_whitening_[fold]
+        return fuse(z, self.fusion, whitening=whitening)
+
+    def decorrelated_z(self, z: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The member z the fusion takes the maximum of: decorrelated under ``whitened-max``
+        (each view's own evidence), else as standardised."""
+        if self.fusion != "whitened-max" or len(z) == 1:
+            return z
+        w = self.whitening_ @ np.stack([z[n] for n in self.members_])
+        return dict(zip(self.members_, w))
+
     def _check_fold(self, fold: int | None) -> None:
         if fold is not None and not 0 <= int(fold) < self.n_folds_:
             raise ConfigError(f"fold must be in [0, {self.n_folds_}), not {fold!r}")
@@ -395,8 +479,7 @@ class MultiViewDetector(BaseDetector):
         """
         self._check_fitted()
         self._check_fold(fold)
-        z = self.member_z(self.logmel(y), fold=fold)
-        return fuse(np.stack(list(z.values())), self.fusion)
+        return self.fuse(self.member_z(self.logmel(y), fold=fold), fold=fold)
 
     def score_signal(self, y: np.ndarray, *, fold: int | None = None) -> float:
         """Clip score (``aggregate`` of the span scores); ``fold`` as :meth:`window_scores`."""
@@ -404,7 +487,7 @@ class MultiViewDetector(BaseDetector):
 
     def score_logmel(self, f: np.ndarray) -> float:
         """Clip score of log-mel frames ``f`` ``(n_frames, n_mels)`` (what :meth:`score_signal` computes)."""
-        return aggregate(fuse(np.stack(list(self.member_z(f).values())), self.fusion), self.aggregate)
+        return aggregate(self.fuse(self.member_z(f)), self.aggregate)
 
     def streaming(self) -> MultiViewStream:
         """A stream scorer that computes each log-mel frame of the stream once (see :class:`MultiViewStream`)."""
@@ -421,9 +504,14 @@ class MultiViewDetector(BaseDetector):
         (``aggregate`` of its span ``z``), from one pass: what ``scan`` rows and
         ``evaluate --json`` report as "which view found it"."""
         self._check_fitted()
-        z = self.member_z(self.logmel(y))
-        fused = fuse(np.stack(list(z.values())), self.fusion)
-        return aggregate(fused, self.aggregate), {n: round(aggregate(v, self.aggregate), 4) for n, v in z.items()}
+        return self.clip_and_members(self.member_z(self.logmel(y)))
+
+    def clip_and_members(self, z: dict[str, np.ndarray]) -> tuple[float, dict[str, float]]:
+        """The clip score and each member's clip z (:meth:`decorrelated_z`, pooled over spans)
+        from the members' standardised span scores ``z``."""
+        own = self.decorrelated_z(z)
+        return (aggregate(self.fuse(z), self.aggregate),
+                {n: round(aggregate(v, self.aggregate), 4) for n, v in own.items()})
 
     def explain(self, y) -> dict:
         """Which view found it: every member's standardised score for a clip, and where.
@@ -436,8 +524,10 @@ class MultiViewDetector(BaseDetector):
         -------
         dict
             ``score`` (fused clip score), ``threshold``, ``fusion``, ``members`` (name ->
-            standardised clip score ``z``, pooled over spans like the clip score),
-            ``member_scores`` (name -> raw clip score), ``top_member`` (largest ``z``),
+            the member's clip ``z`` as the fusion sees it: decorrelated under
+            ``whitened-max``, pooled over spans like the clip score), ``member_z`` (name ->
+            standardised clip ``z`` before decorrelation), ``member_scores`` (name -> raw
+            clip score), ``top_member`` (largest of ``members``),
             ``worst_span`` (``{"index", "start_s", "end_s"}``: the span with the highest fused
             score), ``bands`` (``(n_mels,)``: the top member's per-band share of its Mahalanobis
             distance in the worst span, absolute values summing to 1), ``member_bands`` (the
@@ -449,11 +539,11 @@ class MultiViewDetector(BaseDetector):
         f = self.logmel(sig)
         raw = self.member_window_scores(f)
         z = {n: self.members_[n].standardise(s) for n, s in raw.items()}
-        fused = fuse(np.stack(list(z.values())), self.fusion)
+        fused = self.fuse(z)
         worst = int(np.argmax(fused))
         cfg = self.feature_config
         start = int(span_starts(f.shape[0], context=cfg.context, stride=cfg.stride)[worst])
-        members = {n: aggregate(v, self.aggregate) for n, v in z.items()}
+        members = {n: aggregate(v, self.aggregate) for n, v in self.decorrelated_z(z).items()}
         bands = {n: m.band_contributions(f, worst).tolist() for n, m in self.members_.items()}
         top = max(members, key=members.get)
         return {
@@ -461,6 +551,7 @@ class MultiViewDetector(BaseDetector):
             "threshold": self.threshold_value_,
             "fusion": self.fusion,
             "members": members,
+            "member_z": {n: aggregate(v, self.aggregate) for n, v in z.items()},
             "member_scores": {n: aggregate(v, self.aggregate) for n, v in raw.items()},
             "top_member": top,
             "worst_span": {"index": worst, "start_s": start * cfg.hop_length / cfg.sr,
@@ -475,6 +566,8 @@ class MultiViewDetector(BaseDetector):
         return {"multiview": {
             "members": [m.describe() for m in self.members_.values()],
             "fusion": self.fusion,
+            **({"whitening": self.whitening_.tolist(), "fold_whitening": [w.tolist() for w in self.fold_whitening_]}
+               if self.fusion == "whitened-max" else {}),
             "peak_pooling": self.peak_pooling,
             "standardisation": "z = (log(score) - median) / (IQR / 1.349) of out-of-fold training span scores",
             "folds": self.n_folds_,
@@ -502,6 +595,15 @@ class MultiViewDetector(BaseDetector):
             raise ModelError(f"{root / 'model.json'}: unknown members {names} or fusion {mv['fusion']!r}")
         if int(mv["folds"]) < 2 or int(mv["folds"]) > 64:
             raise ModelError(f"{root / 'model.json'}: implausible folds {mv['folds']!r}")
+        if mv["fusion"] == "whitened-max":
+            n, k = len(names), int(mv["folds"])
+            try:
+                mats = np.asarray([mv["whitening"], *mv["fold_whitening"]], dtype=np.float64)
+            except (KeyError, TypeError, ValueError):
+                mats = None
+            if mats is None or mats.shape != (k + 1, n, n) or not np.isfinite(mats).all():
+                raise ModelError(f"{root / 'model.json'}: whitened-max fusion without {k + 1} finite "
+                                 f"{n} x {n} whitening matrices")
         pool = mv.get("peak_pooling", _MAX_POOLING)
         decay, top = (pool.get("decay"), pool.get("top")) if isinstance(pool, dict) else (None, None)
         if not (isinstance(decay, (int, float)) and 0.0 <= decay < 1.0 and isinstance(top, int) and 1 <= top <= 4096):
@@ -515,6 +617,9 @@ class MultiViewDetector(BaseDetector):
         self.n_folds_ = int(mv["folds"])
         self.member_folds_ = self.fold_of_ = np.asarray(mv["fold_of"], dtype=np.int64)
         self.groups_ = list(mv["groups"])
+        if self.fusion == "whitened-max":  # checked by _check_manifest
+            self.whitening_ = np.asarray(mv["whitening"], dtype=np.float64)
+            self.fold_whitening_ = [np.asarray(w, dtype=np.float64) for w in mv["fold_whitening"]]
         pool = mv.get("peak_pooling", _MAX_POOLING)  # checked by _check_manifest
         self.peak_pooling_ = {"decay": float(pool["decay"]), "top": int(pool["top"])}
         self.reference_logmel_ = arrays["reference_logmel"]
