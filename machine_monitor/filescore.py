@@ -60,7 +60,7 @@ class ScanRow:
     n_segments: int = 0
     n_anomalous: int = 0
     error: str | None = None
-    members: dict | None = None  # multi-view models: each member's standardised score (worst segment)
+    members: dict | None = None  # multi-view models: each member's z as the fusion sees it (worst segment)
     index: int = -1  # position in the input list (not written out)
 
     @property
@@ -310,7 +310,7 @@ def _threshold(det, path, n: int) -> float:
 
 
 def _score(det, y: np.ndarray) -> tuple[float, dict | None]:
-    """A clip score, and each member's standardised score when the detector has members."""
+    """A clip score, and each member's z as the fusion sees it when the detector has members."""
     score_members = getattr(det, "score_members", None)
     return score_members(y) if score_members is not None else (det.score_signal(y), None)
 

@@ -41,7 +41,7 @@ def register(sub) -> None:
     g.add_argument("--detector", choices=tuple(DETECTOR_KINDS), default=None,
                    help=f"default: {DEFAULT_KIND}, or ae with --post, --anomalies, --scorer or --features raw. "
                    "multiview: a bank of autoencoders on views of one log-mel (span peak, mean, std, "
-                   "stacked frames), fused on standardised scores; ae: one view, autoencoder + scorer; "
+                   "stacked frames), fused on decorrelated standardised scores; ae: one view, autoencoder + scorer; "
                    "aegmm/vaegmm: (variational) autoencoder + Gaussian mixture energy; ocsvm/iforest: one-class "
                    "SVM / isolation forest on 1 s segment statistics")
     g.add_argument("--post", choices=("hist-rf", "diff-rf", "iforest"), default=None,
