@@ -325,7 +325,8 @@ def test_registry_makes_the_kind():
 @pytest.mark.slow
 def test_default_ranks_the_valve_split(valve_split):
     """Valve split: 25 training clips, 20 normal and 20 anomalous test clips (a fixed subset;
-    measured 0.90 at seed 0, the full split 0.92: benchmarks/README.md)."""
+    measured 0.955 at seed 0, the full split 0.968: benchmarks/README.md). The plain maximum of
+    the member z reaches 0.91 here: the decorrelation is what the margin checks."""
     labels = valve_split["labels"]
     normal = [p for p, lab in zip(valve_split["test"], labels) if lab == 0][::2][:20]
     faulty = [p for p, lab in zip(valve_split["test"], labels) if lab == 1][::5][:20]
@@ -333,7 +334,7 @@ def test_default_ranks_the_valve_split(valve_split):
     det.calibrate_on_fit = False  # the ranking does not depend on it
     det.fit(valve_split["train"][::2])
     auc = roc_auc_score(np.r_[np.zeros(len(normal)), np.ones(len(faulty))], det.score(normal + faulty))
-    assert auc > 0.85
+    assert auc > 0.93
 
 
 def test_scan_rows_carry_each_members_standardised_score(det, tmp_path):
