@@ -48,12 +48,11 @@ keeps each component nearest its own member), then takes the maximum
 stands out from normal sound that every view finds a little unusual. The shared direction
 is deliberately not a component of its own: a fault every view sees only a little is what
 a new session looks like (the usual cause of false alarms), and a fault every view sees
-strongly stands out in every component anyway. The threshold is
-fitted to the fused out-of-fold scores (their decorrelation estimated without the scored
-fold). ``max`` (no decorrelation), ``top2`` (mean of the two largest) and ``mean`` are the
-alternatives;
-``benchmarks/bench_generalisation.py`` compares them (``benchmarks/README.md`` says how
-the default was chosen).
+strongly stands out in every component anyway. The threshold is fitted to the fused
+out-of-fold scores (their decorrelation estimated without the scored fold). ``max`` (no
+decorrelation), ``top2`` (mean of the two largest) and ``mean`` are the alternatives;
+``benchmarks/bench_generalisation.py`` compares them (``benchmarks/README.md`` says how the
+default was chosen).
 """
 
 from __future__ import annotations
