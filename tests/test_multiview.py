@@ -130,6 +130,26 @@ def test_whitened_max_puts_one_views_fault_above_normal_sound_every_view_finds_u
     assert wmax(every_view_fault) > 2 * wmax(shifted_normal) and wmax(every_view_fault) > wmax(one_view_fault)
     with pytest.raises(ConfigError, match="whitening"):
         fuse(one_view_fault, "whitened-max")
+    # A span infinitely far in two views stays infinitely far (not inf - inf = nan, never flagged).
+    assert fuse(np.array([[np.inf], [np.inf], [0.2], [0.0]]), "whitened-max", whitening=w)[0] == np.inf
+
+
+def test_with_too_few_spans_for_a_correlation_the_fusion_is_the_plain_maximum_everywhere():
+    """Three one-span recordings: outside each fold two spans are left, too few to estimate a
+    correlation from, so the out-of-fold scores are fused by the plain maximum; new audio must
+    be fused the same way, or the threshold is fitted to another score."""
+    det = MultiViewDetector(**{**FAST, "members": ("peak", "mean")}).fit([clip(100 + i) for i in range(3)])
+    np.testing.assert_array_equal(det.whitening_, np.eye(2))
+    assert all(np.array_equal(w, np.eye(2)) for w in det.fold_whitening_)
+
+
+def test_one_recording_cut_into_clips_counts_as_one_recording_for_the_decorrelation(train_clips, monkeypatch):
+    import machine_monitor.detectors.multiview as mv
+
+    seen = []
+    monkeypatch.setattr(mv, "decorrelation", lambda z, n=None: seen.append(n) or np.eye(z.shape[0]))
+    MultiViewDetector(**{**FAST, "members": ("peak", "mean")}).fit(train_clips, groups=["same"] * len(train_clips))
+    assert seen and set(seen) == {1}
 
 
 @pytest.mark.parametrize("kwargs", [{"members": ("peak", "loud")}, {"members": ()}, {"members": ("std", "std")},
@@ -282,6 +302,15 @@ def test_a_model_saved_with_plain_max_fusion_still_scores_as_it_was_fitted(train
     y = clip(403, "knocks", 2.0)
     z = plain.member_z(plain.logmel(y))
     np.testing.assert_allclose(back.window_scores(y), np.max(list(z.values()), axis=0), rtol=1e-5)
+
+
+def test_a_model_json_whose_parameters_name_another_fusion_is_refused(det, tmp_path):
+    path = det.save(tmp_path / "mv")
+    m = json.loads((path / "model.json").read_text())
+    m["params"]["fusion"] = "max"  # the threshold was fitted to whitened scores
+    (path / "model.json").write_text(json.dumps(m))
+    with pytest.raises(ModelError, match="fusion"):
+        BaseDetector.load(path)
 
 
 def test_a_model_json_with_an_unknown_member_is_refused(det, tmp_path):

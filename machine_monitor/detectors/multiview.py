@@ -126,7 +126,9 @@ def fuse(z: np.ndarray, rule: str = "max", *, whitening: np.ndarray | None = Non
     if rule == "whitened-max":
         if whitening is None or np.shape(whitening) != (z.shape[0], z.shape[0]):
             raise ConfigError(f"whitened-max fusion needs a {z.shape[0]} x {z.shape[0]} whitening matrix")
-        return (np.asarray(whitening, dtype=np.float64) @ z).max(axis=0)
+        with np.errstate(invalid="ignore"):  # inf - inf below: such a span is infinitely far anyway
+            w = (np.asarray(whitening, dtype=np.float64) @ z).max(axis=0)
+        return np.where(np.isposinf(z).any(axis=0), np.inf, w)
     if rule == "max":
         return z.max(axis=0)
     if rule == "mean":
@@ -324,6 +326,7 @@ class MultiViewDetector(BaseDetector):
         groups = [str(g) for g in groups]
         logmels, keep = self._load(clips)
         groups = [g for g, k in zip(groups, keep) if k]
+        sessions = groups  # as given: what the decorrelation counts as independent recordings
         if len(set(groups)) < 2:
             log.warning("all training recordings form one group: the members' folds split them clip by clip")
             groups = [f"#{i}" for i in range(len(groups))]
@@ -350,9 +353,14 @@ class MultiViewDetector(BaseDetector):
         span_counts = [len(s) for s in next(iter(self.members_.values())).oof_scores_]
         span_fold = np.repeat(fold_of, span_counts)
         # The decorrelation from every span, and without each fold (for that fold's scores).
-        n_groups = [len({g for g, k in zip(groups, fold_of) if k != j}) for j in range(self.n_folds_)]
-        self.whitening_ = decorrelation(oof_z, len(set(groups)))
-        self.fold_whitening_ = [decorrelation(oof_z[:, span_fold != k], n_groups[k]) for k in range(self.n_folds_)]
+        n_sessions = [len({g for g, k in zip(sessions, fold_of) if k != j}) for j in range(self.n_folds_)]
+        self.whitening_ = decorrelation(oof_z, len(set(sessions)))
+        self.fold_whitening_ = [decorrelation(oof_z[:, span_fold != k], n_sessions[k]) for k in range(self.n_folds_)]
+        if min(np.sum(span_fold != k) for k in range(self.n_folds_)) < 3:
+            # Some fold has too few spans to estimate a correlation (the identity): the plain
+            # maximum everywhere, so the threshold is fitted to what new audio gets.
+            self.whitening_ = np.eye(len(members))
+            self.fold_whitening_ = [np.eye(len(members)) for _ in range(self.n_folds_)]
         per_span = np.empty(oof_z.shape[1])
         for k in range(self.n_folds_):
             per_span[span_fold == k] = self.fuse(oof_z[:, span_fold == k], fold=k)
@@ -594,6 +602,9 @@ class MultiViewDetector(BaseDetector):
             raise ModelError(f"{root / 'model.json'}: unknown members {names} or fusion {mv['fusion']!r}")
         if int(mv["folds"]) < 2 or int(mv["folds"]) > 64:
             raise ModelError(f"{root / 'model.json'}: implausible folds {mv['folds']!r}")
+        if m.get("params", {}).get("fusion", mv["fusion"]) != mv["fusion"]:
+            raise ModelError(f"{root / 'model.json'}: the parameters' fusion {m['params']['fusion']!r} is not the "
+                             f"fitted fusion {mv['fusion']!r}")
         if mv["fusion"] == "whitened-max":
             n, k = len(names), int(mv["folds"])
             try:
