@@ -306,6 +306,38 @@ def test_mqtt_events_retained_state_last_will_and_discovery(tmp_path):
         broker.stop()
 
 
+def test_mqtt_restart_after_the_brokers_ack_but_before_the_cursor_moved_repeats_nothing(tmp_path):
+    """``kill -9`` between the broker's PUBACK and the store's cursor commit: the restarted
+    service delivers that event again from its cursor; the broker must not get it twice."""
+    from machine_monitor.service.sinks.mqtt import MqttSink
+
+    broker = Mosquitto(tmp_path).start()
+    sub = Subscriber(broker.port, client_id="sub-restart")
+    store = EventStore(tmp_path / "events.db")
+    ids = fill(store, 4)
+    events = {e["id"]: e for e in store.events(limit=None)}
+    try:
+        first = MqttSink(port=broker.port, client_id="mm-restart", timeout=5)
+        first.open()
+        wait_for(lambda: first._client.is_connected(), 10, "the first connection")
+        for i in ids[:3]:
+            first.deliver(events[i])  # acknowledged by the broker; the cursor would move after this
+        first._client._sock.close()  # noqa: SLF001 - killed before the cursor's commit
+        first._client.loop_stop()
+        again = MqttSink(port=broker.port, client_id="mm-restart", timeout=5)
+        again.open()
+        wait_for(lambda: again._client.is_connected(), 10, "the restarted connection")
+        for i in ids[2:]:  # from the cursor: the last event again, then the new one
+            again.deliver(events[i])
+        wait_for(lambda: len(sub.event_ids()) >= 4, 5, "events at the subscriber")
+        time.sleep(0.3)  # a second copy, if any, would arrive now
+        assert sub.event_ids() == ids
+        again.close()
+    finally:
+        sub.close()
+        broker.stop()
+
+
 def test_prometheus_endpoint_is_scraped_over_http(tmp_path):
     from machine_monitor.service.sinks.prometheus import start_metrics_server
 

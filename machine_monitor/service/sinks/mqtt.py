@@ -12,10 +12,17 @@ Topics (``prefix`` defaults to ``machine-monitor``):
 - with ``homeassistant = true``: retained discovery configs
   ``<discovery_prefix>/sensor/machine_monitor_<machine>/config`` (a state sensor per machine,
   available while ``<prefix>/status`` is ``online``)
+- ``<prefix>/delivered/<client_id>``  retained id of the last event this sink published
 
 A message the broker has not acknowledged stays in paho's queue and is sent
 again after a reconnect; the worker waits for that same message instead of
-publishing a second copy.
+publishing a second copy. Across a restart (``kill -9`` after the broker's PUBACK
+but before the store's cursor moved), the retained ``delivered`` marker says how far
+the broker already got: it is published right behind each event on the same
+connection, so the broker holds every event up to it (MQTT keeps one client's
+messages in order), and the restarted sink skips those instead of publishing them
+twice. A broker that lost its retained messages (no persistence) only reopens the
+old at-least-once window.
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ from machine_monitor.service.sinks.base import DeliveryError, Sink
 
 log = logging.getLogger(__name__)
 
+#: How long after subscribing to the delivered marker its absence is taken as "none".
+MARKER_WAIT_SECONDS = 0.5
 _HEALTH_ORDER = ("device_lost", "signal_lost", "machine_stopped", "clipping")
 _CLEARS = {"signal_restored": "signal_lost", "device_restored": "device_lost", "clipping_cleared": "clipping",
            "machine_running": "machine_stopped"}
@@ -53,6 +62,12 @@ class MqttSink(Sink):
         self._cond = threading.Condition()
         self._pending: dict[int, int] = {}  # event id -> mid of its publish
         self._state: dict[str, dict] = {}  # machine -> {"firing", "acked", "health"}
+        self._broker_last = 0  # the retained marker: the broker holds every event up to it
+        self._synced = threading.Event()  # the marker has been read (or there is none)
+
+    @property
+    def marker_topic(self) -> str:
+        return f"{self.prefix}/delivered/{self.client_id}"
 
     @property
     def status_topic(self) -> str:
@@ -70,6 +85,8 @@ class MqttSink(Sink):
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_publish = self._on_publish
+        c.on_subscribe = self._on_subscribe
+        c.on_message = self._on_message
         self._client = c
         c.connect_async(self.host, self.port, keepalive=self.keepalive)
         c.loop_start()
@@ -79,6 +96,8 @@ class MqttSink(Sink):
             log.warning("MQTT %s:%d refused the connection: %s", self.host, self.port, reason_code)
             return
         log.info("MQTT connected to %s:%d", self.host, self.port)
+        if not self._synced.is_set():
+            client.subscribe(self.marker_topic, qos=1)
         client.publish(self.status_topic, "online", qos=1, retain=True)
         if self.homeassistant:
             for m in self.machines:
@@ -88,6 +107,22 @@ class MqttSink(Sink):
     def _on_disconnect(self, client, userdata, flags, reason_code, properties=None) -> None:
         if reason_code != 0:
             log.warning("MQTT connection to %s:%d lost (%s); reconnecting", self.host, self.port, reason_code)
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties=None) -> None:
+        # A retained marker follows the SUBACK at once on the same connection; none within
+        # a moment means there is none (a first start, or a broker without persistence).
+        timer = threading.Timer(MARKER_WAIT_SECONDS, self._synced.set)
+        timer.daemon = True
+        timer.start()
+
+    def _on_message(self, client, userdata, msg) -> None:
+        if msg.topic == self.marker_topic and not self._synced.is_set():
+            try:
+                self._broker_last = max(self._broker_last, int(msg.payload))
+            except ValueError:
+                log.warning("MQTT %s: unreadable marker %r ignored", self.marker_topic, msg.payload[:40])
+            self._synced.set()
+            client.unsubscribe(self.marker_topic)
 
     def _on_publish(self, client, userdata, mid, reason_code=None, properties=None) -> None:
         with self._cond:
@@ -114,7 +149,13 @@ class MqttSink(Sink):
         if mid is None:
             if not self._client.is_connected():
                 raise DeliveryError(f"MQTT broker {self.host}:{self.port} not connected")
+            if not self._synced.wait(self.timeout):
+                raise DeliveryError(f"MQTT broker {self.host}:{self.port}: no answer to the subscription of "
+                                    f"{self.marker_topic}")
+            if event["id"] <= self._broker_last:  # published before a restart: the broker has it
+                return self._publish_state(event)
             info = self._client.publish(self.topic(event), json.dumps(event), qos=self.qos)
+            self._client.publish(self.marker_topic, str(event["id"]), qos=1, retain=True)
             if self.qos == 0:
                 return self._publish_state(event)
             mid = self._pending[event["id"]] = info.mid  # queued by paho even if the link just dropped
