@@ -111,7 +111,7 @@ class MqttSink(Sink):
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties=None) -> None:
         # A retained marker follows the SUBACK at once on the same connection; none within
         # a moment means there is none (a first start, or a broker without persistence).
-        timer = threading.Timer(MARKER_WAIT_SECONDS, self._synced.set)
+        timer = threading.Timer(MARKER_WAIT_SECONDS, self._marker_read, args=(client,))
         timer.daemon = True
         timer.start()
 
@@ -121,8 +121,12 @@ class MqttSink(Sink):
                 self._broker_last = max(self._broker_last, int(msg.payload))
             except ValueError:
                 log.warning("MQTT %s: unreadable marker %r ignored", self.marker_topic, msg.payload[:40])
+            self._marker_read(client)
+
+    def _marker_read(self, client) -> None:
+        if not self._synced.is_set():
             self._synced.set()
-            client.unsubscribe(self.marker_topic)
+            client.unsubscribe(self.marker_topic)  # its own later markers need not come back
 
     def _on_publish(self, client, userdata, mid, reason_code=None, properties=None) -> None:
         with self._cond:
