@@ -353,14 +353,16 @@ class MultiViewDetector(BaseDetector):
         span_counts = [len(s) for s in next(iter(self.members_.values())).oof_scores_]
         span_fold = np.repeat(fold_of, span_counts)
         # The decorrelation from every span, and without each fold (for that fold's scores).
-        n_sessions = [len({g for g, k in zip(sessions, fold_of) if k != j}) for j in range(self.n_folds_)]
-        self.whitening_ = decorrelation(oof_z, len(set(sessions)))
-        self.fold_whitening_ = [decorrelation(oof_z[:, span_fold != k], n_sessions[k]) for k in range(self.n_folds_)]
-        if min(np.sum(span_fold != k) for k in range(self.n_folds_)) < 3:
-            # Some fold has too few spans to estimate a correlation (the identity): the plain
-            # maximum everywhere, so the threshold is fitted to what new audio gets.
+        # A fold leaving too few spans for a correlation: the plain maximum everywhere, so the
+        # threshold is fitted to what new audio gets.
+        outside = [span_fold != k for k in range(self.n_folds_)]
+        if min(int(o.sum()) for o in outside) < 3:
             self.whitening_ = np.eye(len(members))
-            self.fold_whitening_ = [np.eye(len(members)) for _ in range(self.n_folds_)]
+            self.fold_whitening_ = [np.eye(len(members)) for _ in outside]
+        else:
+            n_sessions = [len({g for g, k in zip(sessions, fold_of) if k != j}) for j in range(self.n_folds_)]
+            self.whitening_ = decorrelation(oof_z, len(set(sessions)))
+            self.fold_whitening_ = [decorrelation(oof_z[:, o], n) for o, n in zip(outside, n_sessions)]
         per_span = np.empty(oof_z.shape[1])
         for k in range(self.n_folds_):
             per_span[span_fold == k] = self.fuse(oof_z[:, span_fold == k], fold=k)
