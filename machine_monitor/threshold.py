@@ -396,8 +396,14 @@ class RecordingMaxima(_TailRecord):
     pooled maxima: with a few recordings their spread is mostly the offsets', which a Gumbel
     extrapolates as if every block drew a new one from an exponential tail (sensiml-fan:
     levels of 13-18 where no normal window passed 4.4; issue 10). Point estimates, as the
-    Gumbel's. No excursion evidence (every stream one window): the offsets' normal alone;
-    one recording: its offset, no spread.
+    Gumbel's. No excursion evidence (every stream one window): the offsets are window scores
+    themselves, and their law is the window score's: a normal, or for a score that is the
+    largest of ``components`` standardised parts (the default detector's fused score) the
+    law of the largest of that many normals, fitted by maximum likelihood
+    (:func:`max_normal_fit`). A normal fitted to such maxima matches them near the bulk
+    but thins their far tail by orders of magnitude (at 0.1 alerts a day the level is a
+    one-in-10^5 quantile), and fresh normal sound then alerts far more often than the
+    target. One recording: its offset, no spread.
     """
 
     offset_mean: float
@@ -408,10 +414,11 @@ class RecordingMaxima(_TailRecord):
     n_within: int
     max_excursion: float
     max_score: float
+    components: int = 1
     family = "recording-normal+gumbel"
 
     @classmethod
-    def fit_streams(cls, streams: Sequence, rule: AlertRule, *, block: int) -> RecordingMaxima:
+    def fit_streams(cls, streams: Sequence, rule: AlertRule, *, block: int, components: int = 1) -> RecordingMaxima:
         from scipy import stats
 
         offsets, excursions = [], []
@@ -426,6 +433,10 @@ class RecordingMaxima(_TailRecord):
             excursions.append(block_maxima([m - o + 0.0], AlertRule(1, 1, 1, rule.hop_seconds), block=block))
         o = np.asarray(offsets, dtype=np.float64)
         e = np.concatenate(excursions) if excursions else np.zeros(0)
+        m = max(1, int(components))
+        if not excursions and m > 1 and np.unique(o).size >= 3:
+            mean, sd = max_normal_fit(o, m)  # the parts' law; the offsets are maxima of m of them
+            return cls(mean, sd, int(o.size), float("nan"), float("nan"), 0, 0.0, float(o.max()), m)
         sd = float(o.std(ddof=1)) if np.unique(o).size >= 2 else 0.0
         loc = scale = float("nan")
         if np.unique(e).size >= 3:
@@ -452,8 +463,10 @@ class RecordingMaxima(_TailRecord):
         x = np.asarray(x, dtype=np.float64)
         if self.offset_sd <= 0:
             return self._within_sf(x - self.offset_mean)
-        if not math.isfinite(self.within_scale):  # a step excursion: the offsets' normal, exactly
-            return stats.norm.sf(x - self.max_excursion, self.offset_mean, self.offset_sd)
+        if not math.isfinite(self.within_scale):  # a step excursion: the offsets' law, exactly
+            # P(max of m parts > x) = 1 - P(part <= x)^m (m = 1: the normal's sf)
+            log_cdf = stats.norm.logcdf(x - self.max_excursion, self.offset_mean, self.offset_sd)
+            return -np.expm1(self.components * log_cdf)
         nodes, weights = np.polynomial.hermite_e.hermegauss(96)  # E over a standard normal offset
         o = self.offset_mean + self.offset_sd * nodes
         return (self._within_sf(x[..., None] - o) * (weights / weights.sum())).sum(axis=-1)
@@ -463,7 +476,8 @@ class RecordingMaxima(_TailRecord):
 
         p = min(max(float(p), 1e-300), 1.0 - 1e-12)
         if self.offset_sd > 0 and not math.isfinite(self.within_scale):
-            return float(stats.norm.isf(p, self.offset_mean, self.offset_sd) + self.max_excursion)
+            part = -np.expm1(np.log1p(-p) / self.components)  # each part's exceedance for p of the max
+            return float(stats.norm.isf(part, self.offset_mean, self.offset_sd) + self.max_excursion)
         if self.offset_sd <= 0 and not math.isfinite(self.within_scale):
             return self.max_score
         lo = self.offset_mean - 10 * self.offset_sd - 10
@@ -471,6 +485,44 @@ class RecordingMaxima(_TailRecord):
         while self.sf(hi) > p:
             hi += hi - lo
         return float(optimize.brentq(lambda x: float(self.sf(x)) - p, lo, hi, xtol=1e-9, rtol=1e-12))
+
+
+def max_normal_fit(maxima, m: int) -> tuple[float, float]:
+    """Maximum-likelihood ``(mean, sd)`` of ``m`` iid normals whose largest is each of ``maxima``.
+
+    The density of the largest of ``m`` draws of ``N(mean, sd)`` is
+    ``m * phi(u) * Phi(u) ** (m - 1) / sd`` at ``u = (x - mean) / sd``. ``m = 1``: the
+    normal's own estimates. Needs at least 3 distinct values.
+
+    Parameters
+    ----------
+    maxima : array_like, shape ``(n,)``
+    m : int >= 1
+
+    Returns
+    -------
+    (mean, sd) : tuple of float
+    """
+    from scipy import optimize, stats
+
+    x = _finite(maxima)
+    if np.unique(x).size < 3:
+        raise ConfigError(f"a maximum-of-normals law needs at least 3 distinct values, got {np.unique(x).size}")
+    m = int(m)
+    if m == 1:
+        return float(x.mean()), float(x.std())
+
+    def nll(theta):
+        mean, log_sd = theta
+        u = (x - mean) / np.exp(log_sd)
+        return -float(np.sum(stats.norm.logpdf(u) + (m - 1) * stats.norm.logcdf(u)) - x.size * log_sd)
+
+    # Start from the moments of the maximum of m standard normals (Blom's approximation of its mean).
+    sd0 = float(x.std()) or 1.0
+    mean0 = float(x.mean()) - sd0 * stats.norm.ppf((m - 0.375) / (m + 0.25))
+    fit = optimize.minimize(nll, [mean0, math.log(sd0)], method="Nelder-Mead",
+                            options={"xatol": 1e-8, "fatol": 1e-10, "maxiter": 4000})
+    return float(fit.x[0]), float(math.exp(fit.x[1]))
 
 
 def maxima_tail_model(scale: str = "positive"):
@@ -928,7 +980,7 @@ def block_maxima(streams: Sequence, rule: AlertRule, *, block: int) -> np.ndarra
 def live_calibration(streams: Sequence, rule: AlertRule, *,
                      false_alarms_per_day: float = DEFAULT_FALSE_ALARMS_PER_DAY, block: int = 1,
                      confidence: float = 0.0, audio_seconds: float | None = None,
-                     scale: str = "positive") -> dict:
+                     scale: str = "positive", components: int = 1) -> dict:
     """The live window level for ``rule`` and a target rate of false alerts per day.
 
     Block maxima: the out-of-fold window-score streams are reduced to ``M_t``, the k-th
@@ -958,6 +1010,10 @@ def live_calibration(streams: Sequence, rule: AlertRule, *,
     scale : {"positive", "z"}
         The window score's scale (the detector kind's ``score_scale``): the block maxima
         get a gamma (``positive``) or :class:`RecordingMaxima` (``z``).
+    components : int
+        ``z`` scale: the window score is the largest of this many standardised parts (the
+        detector kind's ``score_components``); it shapes the tail where every stream is
+        one window long (:class:`RecordingMaxima`).
 
     Returns
     -------
@@ -987,23 +1043,28 @@ def live_calibration(streams: Sequence, rule: AlertRule, *,
         warnings.append(f"only {audio / 60:.1f} min of normal audio: false alerts per day are extrapolated "
                         "far beyond it; train on more minutes")
     if scale == "z":  # offsets across recordings + excursions within them (RecordingMaxima)
-        tail = RecordingMaxima.fit_streams(streams, rule, block=block)
+        tail = RecordingMaxima.fit_streams(streams, rule, block=block, components=components)
     else:
         tail = maxima_tail_model(scale).fit(maxima)
     blocks_per_day = rule.windows_per_day / block
     per_block = min(target / blocks_per_day, 1.0)
     value = tail.isf(per_block, confidence=confidence)
     expected = float(tail.sf(value) * blocks_per_day)
+    method = _LIVE_METHODS.get(tail.family, f"{tail.family} fitted to block maxima of the k-th largest of n window "
+                                            "scores")
+    if isinstance(tail, RecordingMaxima) and not math.isfinite(tail.within_scale):
+        method = ("every recording one window long: the window scores' law across recordings, "
+                  + (f"the largest of {tail.components} normal parts (maximum likelihood)" if tail.components > 1
+                     else "a normal"))
     observed = sum(count_alerts(s, value, k=rule.k, n=rule.n, quiet_windows=rule.quiet_windows) for s in streams)
     return {"value": float(value),
-            "method": _LIVE_METHODS.get(tail.family, f"{tail.family} fitted to block maxima of the k-th largest "
-                                                     "of n window scores"), "scale": scale,
+            "method": method, "scale": scale,
             "n": int(maxima.size), "n_windows": n_windows, "n_streams": len(streams), "audio_seconds": float(audio),
             "block": block, "confidence": float(confidence),
             "target_false_alarms_per_day": target, "expected_false_alarms_per_day": expected,
             "observed_alerts": int(observed), "tail": tail.to_dict(),
             "gamma": tail.to_dict() if isinstance(tail, GammaTail) else None,
-            "rule": dataclasses.asdict(rule), "warnings": warnings}
+            "rule": dataclasses.asdict(rule), "components": int(components), "warnings": warnings}
 
 
 _LIVE_METHODS = {RecordingMaxima.family: "block maxima of the k-th largest of n window scores: a normal across "

@@ -222,6 +222,9 @@ def test_fused_scores_are_calibrated_on_their_z_scale(det):
     t = clip["tail"]
     assert t["n"] == oof.size and t["mean"] == pytest.approx(oof.mean()) and t["sd"] == pytest.approx(oof.std(ddof=1))
     assert det.calibration_["long_file"]["tail"]["family"] == "normal"
+    # The fused score is the largest of the 4 members' parts: the live calibration's tail law knows it.
+    assert det.score_components == 4 and det.calibration_["live"]["components"] == 4
+    assert MultiViewDetector(fusion="mean").score_components == 1
 
 
 def test_faults_score_higher_than_new_normal_clips(det):

@@ -387,7 +387,8 @@ class BaseDetector:
         old = cal["live"]
         live = live_calibration(streams, AlertRule(**old["rule"]), false_alarms_per_day=rate,
                                 block=old.get("block", 1), confidence=old.get("confidence", 0.0),
-                                audio_seconds=old.get("audio_seconds"), scale=old.get("scale", "positive"))
+                                audio_seconds=old.get("audio_seconds"), scale=old.get("scale", "positive"),
+                                components=old.get("components", 1))
         for key in ("window_seconds", "hop_seconds", "quiet_seconds"):
             live[key] = old[key]
         if live["value"] < self.threshold_value_:

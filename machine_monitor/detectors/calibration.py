@@ -196,7 +196,8 @@ def _lossy_calibration(det, signals, fold_of, order, scorers, segment: int, *, r
     long_file = long_file_calibration(evidence, rate=rate, floor=value, scale=scale, n_eff=n_eff)
     live = None
     if streams:
-        live = live_calibration(streams, live_rule, false_alarms_per_day=target, block=stride, scale=scale)
+        live = live_calibration(streams, live_rule, false_alarms_per_day=target, block=stride, scale=scale,
+                                components=getattr(det, "score_components", 1))
         live["value"] = max(float(live["value"]), value, float(floor["live"]))
     return {"codec": f"{LOSSY_CODEC[0]} {LOSSY_CODEC[1]}, libsndfile's default quality", "value": value,
             "n": int(evidence.size), "n_recordings": len(set(groups)), "clip": clip, "long_file": long_file,
@@ -548,7 +549,8 @@ def _calibrate_from(det, signals, groups, fold_of, scorers, *, how, rate, target
     long_file["evidence"] = source
     long_file["segment_seconds"] = segment / sr
     live = live_calibration(streams, live_rule, false_alarms_per_day=target, block=stride,
-                            audio_seconds=float(sum(rec.size for rec in signals) / sr), scale=scale)
+                            audio_seconds=float(sum(rec.size for rec in signals) / sr), scale=scale,
+                            components=getattr(det, "score_components", 1))
     live["window_seconds"], live["hop_seconds"] = window / sr, hop / sr
     live["quiet_seconds"] = quiet_seconds
     # The live level never sits below the clip threshold: a window flagged live is at least a flagged clip.

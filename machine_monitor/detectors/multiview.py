@@ -217,6 +217,12 @@ class MultiViewDetector(BaseDetector):
     #: for that scale (:func:`machine_monitor.threshold.tail_model`).
     score_scale = "z"
 
+    @property
+    def score_components(self) -> int:
+        """How many standardised parts the fused score is the largest of (the live calibration's
+        tail law where every training recording is one window long); 1: not a maximum."""
+        return len(self._check_members()) if self.fusion in ("whitened-max", "max") else 1
+
     def __init__(self, *, members: Sequence[str] = VIEWS, fusion: str = DEFAULT_FUSION, folds: int = 5,
                  aggregate: str = "mean", percentile: float = DEFAULT_PERCENTILE, threshold_method: str = "gamma",
                  val_fraction: float = 0.2, hidden: Sequence[int] = (128, 128, 128, 128), bottleneck: int = 8,

@@ -76,7 +76,7 @@ class AlertPolicy:
         if same_windows and streams:
             cal = live_calibration(streams, rule, false_alarms_per_day=target, block=live.get("block", 1),
                                    confidence=live.get("confidence", 0.0), audio_seconds=live.get("audio_seconds"),
-                                   scale=live.get("scale", "positive"))
+                                   scale=live.get("scale", "positive"), components=live.get("components", 1))
             return max(float(cal["value"]), thr), f"re-calibrated for this rule and {target:g} false alerts/day"
         log.warning("the model's live level was calibrated for %.2f s windows every %.3f s; these differ: "
                     "using it as is", live["window_seconds"], live["hop_seconds"])
