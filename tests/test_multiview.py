@@ -227,6 +227,18 @@ def test_fused_scores_are_calibrated_on_their_z_scale(det):
     assert MultiViewDetector(fusion="mean").score_components == 1
 
 
+def test_live_level_of_one_window_recordings_uses_the_maximums_law_and_keeps_it_when_re_set(det):
+    # Every training clip is one live window: the level is a far quantile of the fused score's
+    # own law (the largest of 4 parts); re-setting the level from the stored streams (the
+    # monitor with another rule or rate, `threshold`) keeps that law.
+    import copy
+
+    live = det.calibration_["live"]
+    assert live["tail"]["n_within"] == 0 and live["tail"]["components"] == 4
+    again = copy.deepcopy(det).set_false_alarms_per_day(live["target_false_alarms_per_day"]).calibration_["live"]
+    assert again["components"] == 4 and again["value"] == pytest.approx(live["value"], rel=1e-9)
+
+
 def test_faults_score_higher_than_new_normal_clips(det):
     normal = det.score([clip(200 + i) for i in range(4)])
     faulty = det.score([clip(300 + i, "squeal", 3.0) for i in range(2)] + [clip(310, "level", 3.0)])
