@@ -224,6 +224,7 @@ def test_fused_scores_are_calibrated_on_their_z_scale(det):
     assert det.calibration_["long_file"]["tail"]["family"] == "normal"
     # The fused score is the largest of the 4 members' parts: the live calibration's tail law knows it.
     assert det.score_components == 4 and det.calibration_["live"]["components"] == 4
+    assert det.calibration_["long_file"]["tail"]["components"] == 4
     assert MultiViewDetector(fusion="mean").score_components == 1
 
 

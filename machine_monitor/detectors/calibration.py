@@ -193,7 +193,8 @@ def _lossy_calibration(det, signals, fold_of, order, scorers, segment: int, *, r
     evidence, n_eff = _clip_evidence(np.asarray(units, dtype=np.float64), streams, stride, len(set(groups)))
     clip = clip_calibration(evidence, rate=rate, scale=scale, n_eff=n_eff)
     value = max(float(clip["value"]), float(floor["clip"]))
-    long_file = long_file_calibration(evidence, rate=rate, floor=value, scale=scale, n_eff=n_eff)
+    long_file = long_file_calibration(evidence, rate=rate, floor=value, scale=scale, n_eff=n_eff,
+                                      components=getattr(det, "score_components", 1))
     live = None
     if streams:
         live = live_calibration(streams, live_rule, false_alarms_per_day=target, block=stride, scale=scale,
@@ -545,7 +546,8 @@ def _calibrate_from(det, signals, groups, fold_of, scorers, *, how, rate, target
     clip["n_recordings"] = len(clips)
     clip["percentile"] = 100.0 * (1.0 - rate)
     clip["n_scores"] = clip["n"]
-    long_file = long_file_calibration(evidence, rate=rate, floor=clip["value"], scale=scale, n_eff=n_eff)
+    long_file = long_file_calibration(evidence, rate=rate, floor=clip["value"], scale=scale, n_eff=n_eff,
+                                      components=getattr(det, "score_components", 1))
     long_file["evidence"] = source
     long_file["segment_seconds"] = segment / sr
     live = live_calibration(streams, live_rule, false_alarms_per_day=target, block=stride,
