@@ -907,7 +907,8 @@ def long_file_calibration(window_scores, *, rate: float = DEFAULT_CLIP_FALSE_ALA
         out["floor"] = float(floor)
     if s.size < MIN_SCORES:
         out["warnings"].append(f"the long-file threshold rests on only {s.size} out-of-fold window scores")
-    out["examples"] = {str(n): worst_window_threshold(out, n) for n in (1, 6, 60, 360)}
+    # A long file has 2 windows or more (up to 1.25 clips it is one clip unit).
+    out["examples"] = {str(n): worst_window_threshold(out, n) for n in (2, 6, 60, 360)}
     return out
 
 
