@@ -24,7 +24,7 @@ def model(demo_model, tmp_path):
     return shutil.copytree(demo_model, tmp_path / "demo")
 
 
-def test_recalibrate_on_fresh_normal_recordings_saves_the_model_in_place(model, recordings, capsys):
+def test_recalibrate_on_fresh_normal_recordings_saves_the_model_in_place(model, recordings, capsys, caplog):
     normals = sorted((recordings / "test").glob("normal_*.wav"))
     before = Detector.load(model)
     assert main(["threshold", "--model", str(model), "--false-alarms-per-day", "1", *map(str, normals)]) == 0
@@ -37,7 +37,7 @@ def test_recalibrate_on_fresh_normal_recordings_saves_the_model_in_place(model, 
     assert before.calibration_["live"]["target_false_alarms_per_day"] == 0.1
     out = capsys.readouterr()
     assert "clip threshold" in out.out and "live alerts" in out.out
-    assert "only 6" in out.err  # six recordings are thin evidence, and it says so
+    assert caplog.text.count("clip threshold rests on only 6") == 1  # thin evidence, and it says so (once)
 
 
 def test_percentile_recalibration_is_that_percentile_of_the_fresh_scores(model, recordings, capsys):
@@ -67,3 +67,41 @@ def test_contamination_from_a_known_mix_and_output_elsewhere(model, recordings, 
 def test_contamination_without_a_fraction_is_a_usage_error(model, recordings, capsys):
     assert main(["threshold", "--model", str(model), "--method", "contamination", str(recordings / "test")]) == 2
     assert "contamination" in capsys.readouterr().err
+
+
+def test_the_model_keeps_a_fingerprint_of_every_recording_it_trained_on(model, recordings):
+    assert len(Detector.load(model).training_fingerprints_) == len(list((recordings / "normal").glob("*.wav")))
+
+
+def test_recordings_the_model_trained_on_are_refused_under_any_name(model, recordings, tmp_path, capsys):
+    # Re-calibrating on the training folder (a natural mistake) would set thresholds from
+    # scores the networks learnt: far too low, a flood of false alarms. Renamed copies too.
+    again = tmp_path / "renamed"
+    again.mkdir()
+    for f in sorted((recordings / "normal").glob("*.wav"))[:4]:
+        shutil.copy(f, again / f"recent_{f.name}")
+    before = Detector.load(model).threshold_value_
+    assert main(["threshold", "--model", str(model), str(again)]) == 2
+    assert "all 4 recordings trained this model" in capsys.readouterr().err
+    assert Detector.load(model).threshold_value_ == before  # nothing saved
+
+
+def test_heard_recordings_in_a_mix_are_left_out_and_named(model, recordings, tmp_path, caplog):
+    mix = tmp_path / "mix"
+    mix.mkdir()
+    for f in sorted((recordings / "normal").glob("*.wav"))[:3]:
+        shutil.copy(f, mix / f"old_{f.name}")
+    normals = sorted((recordings / "test").glob("normal_*.wav"))
+    for f in normals:
+        shutil.copy(f, mix / f.name)
+    assert main(["threshold", "--model", str(model), str(mix)]) == 0
+    assert Detector.load(model).calibration_["n_recordings"] == len(normals)
+    assert f"3 of the {3 + len(normals)} recordings trained this model and were left out (old_" in caplog.text
+
+
+def test_the_library_recalibration_refuses_them_too(model, recordings):
+    from machine_monitor.detectors.calibration import recalibrate
+    from machine_monitor.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="all 2 recordings trained this model"):
+        recalibrate(Detector.load(model), sorted((recordings / "normal").glob("*.wav"))[:2])

@@ -539,6 +539,26 @@ def read_excerpt(
     return _resample(to_mono(data, channel=channel, source=str(path)), sr_in, sr)
 
 
+def fingerprint(path: str | os.PathLike, *, chunk: int = 1 << 20) -> str:
+    """SHA-256 (first 128 bits, hex) of a file's bytes: the same recording under any name or folder.
+
+    A model keeps its training recordings' fingerprints, so that re-calibrating it on
+    recordings it heard (whose scores are optimistic) can be caught.
+    """
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()[:32]
+
+
+def fingerprints(clips: Iterable) -> list[str]:
+    """Fingerprints of the clips that are files (arrays have none), sorted and without repeats."""
+    return sorted({fingerprint(c) for c in clips if isinstance(c, (str, os.PathLike))})
+
+
 def audio_duration(path: str | os.PathLike) -> float:
     """Length of a file in seconds, from its header (nothing decoded)."""
     info = audio_info(path)

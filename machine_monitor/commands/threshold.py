@@ -51,7 +51,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from machine_monitor.commands.common import existing_audio_files
-    from machine_monitor.detectors.calibration import describe, recalibrate
+    from machine_monitor.detectors.calibration import describe, recalibrate, without_heard
     from machine_monitor.detectors.registry import load_detector
     from machine_monitor.errors import AudioReadError, ConfigError
     from machine_monitor.filescore import score_file
@@ -66,6 +66,7 @@ def run(args) -> int:
         check_model_destination(args.out)  # before scoring: only a model directory is ever replaced
     det = load_detector(path)
     files = existing_audio_files(args.inputs, recursive=args.recursive)
+    files, _, _ = without_heard(det, files)  # its own training recordings would bias every method (logged)
     old = det.threshold_value_
     if args.method == "contamination":
         rows = [score_file(det, f) for f in files]
@@ -105,7 +106,5 @@ def run(args) -> int:
     print(f"saved {out}  clip threshold {old:.4g} -> {new:.4g} ({len(usable)} recordings; {above} of their "
           f"{len(det.val_scores_)} clip scores above the new threshold)")
     for line in describe(cal):
-        print("  " + line)
-    for w in cal["warnings"]:
-        print(f"WARNING: {w}", file=sys.stderr)
+        print("  " + line)  # the calibration's warnings are logged (stderr) as it makes them
     return 0

@@ -109,6 +109,7 @@ def _fit_then_calibrate(fit):
                 extra = {"groups": groups} if takes_groups else {}
 
         def fit_once(clips, groups):
+            self.heard_clips_ = list(clips)  # what this fit trains on (the last fit's, after any refit)
             self._in_fit = True
             self._fit_extra = kwargs  # e.g. labelled anomalies: the calibration's clones fit with them too
             try:
@@ -122,6 +123,10 @@ def _fit_then_calibrate(fit):
         out = fit_once(clips, groups)
         if self.calibrate_on_fit:
             self._leave_out_of_fold_outliers(clips, groups, fit_once)
+            from machine_monitor.audio.io import fingerprints
+
+            self.training_fingerprints_ = fingerprints(self.heard_clips_)
+        del self.heard_clips_
         return out
 
     fit_and_calibrate.calibrates = True
@@ -461,7 +466,9 @@ class BaseDetector:
         return {"history": getattr(self, "history_", []), "fit_seconds": getattr(self, "fit_seconds_", None),
                 "n_clips": getattr(self, "n_clips_", None), "skipped_clips": getattr(self, "skipped_clips_", []),
                 "val_clips": getattr(self, "val_clips_", []), "clip_seconds": getattr(self, "clip_seconds_", None),
-                "screening": getattr(self, "screening_", None)}
+                "screening": getattr(self, "screening_", None),
+                # SHA-256 prefixes of the training files: `threshold` refuses to calibrate on them.
+                "fingerprints": list(getattr(self, "training_fingerprints_", []))}
 
     def _check_manifest(self, m: dict, root: Path) -> None:
         """Refuse a ``model.json`` whose kind-specific parts contradict its features (before reading files)."""
@@ -572,6 +579,7 @@ class BaseDetector:
         self.skipped_clips_ = train.get("skipped_clips", [])
         self.val_clips_ = np.asarray(train.get("val_clips", []), dtype=np.int64)
         self.clip_seconds_ = train.get("clip_seconds")
+        self.training_fingerprints_ = [str(h) for h in train.get("fingerprints", [])]
         self.train_scores_ = np.asarray(m["scores"].get("train_values", []), dtype=np.float64)
         self.val_scores_ = np.asarray(m["scores"].get("validation_values", []), dtype=np.float64)
         self.manifest_ = m

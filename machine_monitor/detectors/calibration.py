@@ -467,6 +467,40 @@ def calibrate(det, clips: list, *, groups=None, signals=None, rate: float | None
     return cal
 
 
+def heard_recordings(det, clips: list) -> list[int]:
+    """Indices of the ``clips`` that are files the detector trained on (same bytes, any name).
+
+    Their scores are optimistic (the networks learnt them), so thresholds set from them
+    are too low: a fresh calibration must leave them out. A model saved before training
+    fingerprints were kept knows none.
+    """
+    known = set(getattr(det, "training_fingerprints_", None) or [])
+    if not known:
+        return []
+    from machine_monitor.audio.io import fingerprint
+
+    return [i for i, c in enumerate(clips) if isinstance(c, (str, os.PathLike)) and fingerprint(c) in known]
+
+
+def without_heard(det, clips: list, groups=None) -> tuple[list, list | None, list[str]]:
+    """``clips`` (and their ``groups``) without the ones the detector trained on, and a warning
+    naming those left out (empty if none). :class:`ConfigError` if every one was heard."""
+    clips = list(clips)
+    heard = set(heard_recordings(det, clips))
+    if not heard:
+        return clips, groups, []
+    if len(heard) == len(clips):
+        raise ConfigError(f"all {len(clips)} recordings trained this model: it heard them, so their scores are "
+                          "optimistic and thresholds set from them would be too low; give recordings it never heard")
+    names = [os.path.basename(str(clips[i])) for i in sorted(heard)]
+    note = (f"{len(heard)} of the {len(clips)} recordings trained this model and were left out "
+            f"({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}): it heard them, so their scores are "
+            "optimistic")
+    log.warning("%s", note)
+    keep = [i for i in range(len(clips)) if i not in heard]
+    return [clips[i] for i in keep], None if groups is None else [list(groups)[i] for i in keep], [note]
+
+
 def recalibrate(det, clips: list, *, groups=None, rate: float | None = None,
                 false_alarms_per_day: float | None = None, rule: tuple[int, int, float] | None = None) -> dict:
     """Re-calibrate a fitted detector from recordings it never heard (recent normal running).
@@ -474,8 +508,10 @@ def recalibrate(det, clips: list, *, groups=None, rate: float | None = None,
     The same units, streams and fits as :func:`calibrate`; no folds are needed, since
     neither the networks nor the scorer saw these recordings: the detector itself
     scores them. ``rule`` and the rates default to the model's current calibration.
+    Recordings the model trained on (:func:`heard_recordings`) are left out, with a
+    warning; if every one is, :class:`ConfigError`.
     """
-    clips = list(clips)
+    clips, groups, note = without_heard(det, clips, groups)
     old = getattr(det, "calibration_", None) or {}
     if rule is None:
         r = old.get("live", {}).get("rule")
@@ -495,8 +531,10 @@ def recalibrate(det, clips: list, *, groups=None, rate: float | None = None,
     groups = [str(g) for g in groups]
     fold_of = np.zeros(len(signals), dtype=np.int64)
     how = f"recordings the model never heard ({len(set(groups))} groups), scored by the detector itself"
-    return _calibrate_from(det, signals, groups, fold_of, [det.score_signal], how=how, rate=rate, target=target,
-                           rule=rule)
+    cal = _calibrate_from(det, signals, groups, fold_of, [det.score_signal], how=how, rate=rate, target=target,
+                          rule=rule)
+    cal["warnings"] = note + cal["warnings"]
+    return cal
 
 
 def _calibrate_from(det, signals, groups, fold_of, scorers, *, how, rate, target, rule) -> dict:
