@@ -155,3 +155,15 @@ def test_one_class_only_is_an_error_exit_2(demo_model, recordings, tmp_path, cap
 def test_missing_input_is_an_error_exit_2(demo_model, tmp_path, capsys):
     assert main(["evaluate", "--model", str(demo_model), str(tmp_path / "nowhere")]) == 2
     assert "no such file or folder" in capsys.readouterr().err
+
+
+def test_evaluating_on_recordings_the_model_trained_on_warns_and_counts_them(demo_model, recordings, tmp_path,
+                                                                             capsys):
+    # Training clips mixed into a test set flatter every metric: scored anyway, but said loudly.
+    mixed = tmp_path / "mixed"
+    shutil.copytree(recordings / "test", mixed)
+    for f in sorted((recordings / "normal").glob("*.wav"))[:2]:
+        shutil.copy(f, mixed / f"normal_old_{f.name}")
+    assert main(["-q", "evaluate", "--model", str(demo_model), str(mixed), "--json", str(tmp_path / "m.json")]) == 0
+    assert "2 of the 14 clips trained this model (normal_old_" in capsys.readouterr().err
+    assert json.loads((tmp_path / "m.json").read_text())["n_heard"] == 2
