@@ -256,7 +256,8 @@ def test_z_scale_live_level_draws_a_new_offset_per_recording_not_per_block():
 
 def test_z_scale_live_level_from_one_window_recordings_is_the_offsets_normal_quantile():
     # Ten-second recordings, one window each (the valve split): no excursion can be seen within
-    # a recording, so the level is the normal quantile of the recordings' scores.
+    # a recording, so the level is the normal quantile of the recordings' scores (a score that is
+    # not the largest of several parts; for one that is, see the next test).
     from scipy import stats
 
     rng = np.random.default_rng(5)
