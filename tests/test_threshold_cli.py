@@ -81,8 +81,9 @@ def test_recordings_the_model_trained_on_are_refused_under_any_name(model, recor
     for f in sorted((recordings / "normal").glob("*.wav"))[:4]:
         shutil.copy(f, again / f"recent_{f.name}")
     before = Detector.load(model).threshold_value_
-    assert main(["threshold", "--model", str(model), str(again)]) == 2
-    assert "all 4 recordings trained this model" in capsys.readouterr().err
+    for method in (["--method", "gamma"], ["--method", "contamination", "--contamination", "0.25"]):
+        assert main(["threshold", "--model", str(model), *method, str(again)]) == 2
+        assert "all 4 recordings trained this model" in capsys.readouterr().err
     assert Detector.load(model).threshold_value_ == before  # nothing saved
 
 

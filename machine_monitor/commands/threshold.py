@@ -66,9 +66,9 @@ def run(args) -> int:
         check_model_destination(args.out)  # before scoring: only a model directory is ever replaced
     det = load_detector(path)
     files = existing_audio_files(args.inputs, recursive=args.recursive)
-    files, _, _ = without_heard(det, files)  # its own training recordings would bias every method (logged)
     old = det.threshold_value_
     if args.method == "contamination":
+        files, _, _ = without_heard(det, files)  # its training recordings would bias it (logged; recalibrate: same)
         rows = [score_file(det, f) for f in files]
         for r in rows:
             if r.error:
@@ -103,7 +103,7 @@ def run(args) -> int:
     out = det.save(args.out or path)
     new = det.threshold_value_
     above = int(sum(s > new for s in det.val_scores_))
-    print(f"saved {out}  clip threshold {old:.4g} -> {new:.4g} ({len(usable)} recordings; {above} of their "
+    print(f"saved {out}  clip threshold {old:.4g} -> {new:.4g} ({cal['n_recordings']} recordings; {above} of their "
           f"{len(det.val_scores_)} clip scores above the new threshold)")
     for line in describe(cal):
         print("  " + line)  # the calibration's warnings are logged (stderr) as it makes them
