@@ -125,14 +125,13 @@ def run(args) -> int:
     det = load_detector(model)
     clips = _collect(args.inputs)
     print(f"evaluating {model} on {len(clips)} clips", file=sys.stderr)
-    from machine_monitor.detectors.calibration import heard_recordings
+    from machine_monitor.detectors.calibration import heard_names, heard_recordings
 
     heard = heard_recordings(det, list(clips.paths))
     if heard:  # scored anyway (the user asked for them), but the metrics must not be taken at face value
-        names = [Path(clips.paths[i]).name for i in heard]
-        print(f"WARNING: {len(heard)} of the {len(clips)} clips trained this model ({', '.join(names[:3])}"
-              f"{', ...' if len(names) > 3 else ''}): it heard them, so their scores are optimistic and the metrics "
-              "flatter it; evaluate on recordings it never heard", file=sys.stderr)
+        print(f"WARNING: {len(heard)} of the {len(clips)} clips trained this model ({heard_names(clips.paths, heard)}"
+              "): it heard them, so their scores are optimistic and the metrics flatter it; evaluate on recordings "
+              "it never heard", file=sys.stderr)
     t0 = time.perf_counter()
     members: dict[int, dict] = {}
     scores, thresholds, errors = _score(det, clips, args.progress, members=members)

@@ -108,8 +108,10 @@ def _fit_then_calibrate(fit):
                 groups = [groups[i] for i in keep]
                 extra = {"groups": groups} if takes_groups else {}
 
+        heard = []  # what the last fit trained on (after any refit without out-of-fold outliers)
+
         def fit_once(clips, groups):
-            self.heard_clips_ = list(clips)  # what this fit trains on (the last fit's, after any refit)
+            heard[:] = clips
             self._in_fit = True
             self._fit_extra = kwargs  # e.g. labelled anomalies: the calibration's clones fit with them too
             try:
@@ -125,8 +127,7 @@ def _fit_then_calibrate(fit):
             self._leave_out_of_fold_outliers(clips, groups, fit_once)
             from machine_monitor.audio.io import fingerprints
 
-            self.training_fingerprints_ = fingerprints(self.heard_clips_)
-        del self.heard_clips_
+            self.training_fingerprints_ = fingerprints(heard)
         return out
 
     fit_and_calibrate.calibrates = True

@@ -190,15 +190,16 @@ def _lossy_calibration(det, signals, fold_of, order, scorers, segment: int, *, r
     if not units:
         return None
     stride = max(1, math.ceil(window / hop))
+    components = getattr(det, "score_components", 1)  # parts the score is the largest of: the far units' tail law
     evidence, n_eff = _clip_evidence(np.asarray(units, dtype=np.float64), streams, stride, len(set(groups)))
     clip = clip_calibration(evidence, rate=rate, scale=scale, n_eff=n_eff)
     value = max(float(clip["value"]), float(floor["clip"]))
     long_file = long_file_calibration(evidence, rate=rate, floor=value, scale=scale, n_eff=n_eff,
-                                      components=getattr(det, "score_components", 1))
+                                      components=components)
     live = None
     if streams:
         live = live_calibration(streams, live_rule, false_alarms_per_day=target, block=stride, scale=scale,
-                                components=getattr(det, "score_components", 1))
+                                components=components)
         live["value"] = max(float(live["value"]), value, float(floor["live"]))
     return {"codec": f"{LOSSY_CODEC[0]} {LOSSY_CODEC[1]}, libsndfile's default quality", "value": value,
             "n": int(evidence.size), "n_recordings": len(set(groups)), "clip": clip, "long_file": long_file,
@@ -482,6 +483,12 @@ def heard_recordings(det, clips: list) -> list[int]:
     return [i for i, c in enumerate(clips) if isinstance(c, (str, os.PathLike)) and fingerprint(c) in known]
 
 
+def heard_names(clips: list, heard, *, first: int = 3) -> str:
+    """The file names of the heard ``clips`` (indices ``heard``) for a message: the first few, then "..."."""
+    names = [os.path.basename(str(clips[i])) for i in sorted(heard)]
+    return ", ".join(names[:first]) + (", ..." if len(names) > first else "")
+
+
 def without_heard(det, clips: list, groups=None) -> tuple[list, list | None, list[str]]:
     """``clips`` (and their ``groups``) without the ones the detector trained on, and a warning
     naming those left out (empty if none). :class:`ConfigError` if every one was heard."""
@@ -492,10 +499,8 @@ def without_heard(det, clips: list, groups=None) -> tuple[list, list | None, lis
     if len(heard) == len(clips):
         raise ConfigError(f"all {len(clips)} recordings trained this model: it heard them, so their scores are "
                           "optimistic and thresholds set from them would be too low; give recordings it never heard")
-    names = [os.path.basename(str(clips[i])) for i in sorted(heard)]
     note = (f"{len(heard)} of the {len(clips)} recordings trained this model and were left out "
-            f"({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}): it heard them, so their scores are "
-            "optimistic")
+            f"({heard_names(clips, heard)}): it heard them, so their scores are optimistic")
     log.warning("%s", note)
     keep = [i for i in range(len(clips)) if i not in heard]
     return [clips[i] for i in keep], None if groups is None else [list(groups)[i] for i in keep], [note]
@@ -571,8 +576,10 @@ def _calibrate_from(det, signals, groups, fold_of, scorers, *, how, rate, target
     source = "out-of-fold clip scores"
     if n_eff is not None:
         source, unit_groups = f"out-of-fold scores of non-overlapping live windows of {n_eff} recordings", None
-    # The kind declares its score's scale: the tail model of the clip and long-file units follows it.
+    # The kind declares its score's scale (and how many parts it is the largest of): the tail
+    # models of the units follow it.
     scale = getattr(det, "score_scale", "positive")
+    components = getattr(det, "score_components", 1)
     if getattr(det, "threshold_method", "gamma") == "percentile":
         clip = {**percentile_threshold(evidence, percentile=100 * (1 - rate)), "n": int(evidence.size),
                 "expected_false_alarm_rate": rate, "warnings": []}
@@ -585,12 +592,12 @@ def _calibrate_from(det, signals, groups, fold_of, scorers, *, how, rate, target
     clip["percentile"] = 100.0 * (1.0 - rate)
     clip["n_scores"] = clip["n"]
     long_file = long_file_calibration(evidence, rate=rate, floor=clip["value"], scale=scale, n_eff=n_eff,
-                                      components=getattr(det, "score_components", 1))
+                                      components=components)
     long_file["evidence"] = source
     long_file["segment_seconds"] = segment / sr
     live = live_calibration(streams, live_rule, false_alarms_per_day=target, block=stride,
                             audio_seconds=float(sum(rec.size for rec in signals) / sr), scale=scale,
-                            components=getattr(det, "score_components", 1))
+                            components=components)
     live["window_seconds"], live["hop_seconds"] = window / sr, hop / sr
     live["quiet_seconds"] = quiet_seconds
     # The live level never sits below the clip threshold: a window flagged live is at least a flagged clip.
