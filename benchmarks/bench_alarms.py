@@ -123,9 +123,9 @@ def run_one(split_path: Path, seed: int, kind, live: bool) -> dict:
     det.fit(train)
     fit_s = time.perf_counter() - t0
     rows = [score_file(det, p) for p, _, _ in test]
-    bad = [r for r in rows if r.error]
-    if bad:
-        raise SystemExit(f"{bad[0].path}: {bad[0].error}")
+    bad = [r for r in rows if r.error or r.stopped]
+    if bad:  # a test clip judged a stopped machine would silently leave the metrics
+        raise SystemExit(f"{bad[0].path}: {bad[0].error or 'scored as a stopped machine'}")
     labels = np.array([lab for _, lab, _ in test])
     scores = np.array([r.score for r in rows])
     flagged = np.array([r.anomalous for r in rows])

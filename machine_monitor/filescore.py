@@ -13,7 +13,14 @@ whatever its length); the row's ``threshold`` is that value.
 
 A file that cannot be used (missing, not audio, empty, too short, NaN, silent) is a
 row with its one-line error; the scan goes on. Digitally silent segments inside a
-long file (the machine was off) are skipped; a file with no sound at all is an error.
+long file are skipped; a file with no sound at all is an error.
+
+**Machine stopped.** Audio far quieter than anything in training (a segment's median
+0.5 s block level below the model's ``calibration_["levels"]["stopped_below_db"]``, the
+monitor's ``machine_stopped`` test) is a machine switched off, not a fault: such a segment
+is not scored (the networks never heard silence, so it would top every ranking), a long
+file is judged by its running segments, and a file with none is a row with the verdict
+``stopped`` and no score. A model without a level profile scores everything.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from machine_monitor.audio.io import (
     read_blocks,
 )
 from machine_monitor.errors import AudioReadError, SilentAudioError
+from machine_monitor.threshold import machine_stopped, window_level_db
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +56,10 @@ class ScanRow:
 
     ``score`` is the file score (worst segment), ``worst_offset`` the start in
     seconds of the worst segment, ``n_segments``/``n_anomalous`` how many segments
-    were scored and how many of them exceed the threshold. ``error`` is set (and
-    the score is ``None``) when the file could not be used.
+    were scored and how many of them exceed the threshold, ``n_stopped`` how many were
+    not scored because the machine was stopped (far quieter than training). ``error``
+    is set (and the score is ``None``) when the file could not be used; a file with
+    only stopped segments has no score either, and the verdict ``stopped``.
     """
 
     path: str
@@ -60,6 +70,7 @@ class ScanRow:
     n_segments: int = 0
     n_anomalous: int = 0
     error: str | None = None
+    n_stopped: int = 0
     members: dict | None = None  # multi-view models: each member's z as the fusion sees it (worst segment)
     index: int = -1  # position in the input list (not written out)
 
@@ -68,9 +79,16 @@ class ScanRow:
         return self.score is not None and self.score > self.threshold
 
     @property
+    def stopped(self) -> bool:
+        """The machine was stopped throughout: nothing to judge (not an error, not an anomaly)."""
+        return self.error is None and self.score is None and self.n_stopped > 0
+
+    @property
     def verdict(self) -> str:
         if self.error is not None:
             return "error"
+        if self.stopped:
+            return "stopped"
         return "ANOMALY" if self.anomalous else "normal"
 
     def to_record(self, *, flat: bool = False) -> dict:
@@ -78,7 +96,8 @@ class ScanRow:
         members = json.dumps(self.members) if flat and self.members is not None else self.members
         return {"path": self.path, "score": self.score, "threshold": self.threshold, "verdict": self.verdict,
                 "anomalous_windows": self.n_anomalous, "windows": self.n_segments,
-                "worst_offset_s": self.worst_offset, "duration_s": self.duration, "error": self.error,
+                "stopped_windows": self.n_stopped, "worst_offset_s": self.worst_offset,
+                "duration_s": self.duration, "error": self.error,
                 "members": members}
 
     @classmethod
@@ -91,6 +110,7 @@ class ScanRow:
                    duration=num(rec.get("duration_s")), worst_offset=num(rec.get("worst_offset_s")),
                    n_segments=num(rec.get("windows"), int) or 0,
                    n_anomalous=num(rec.get("anomalous_windows"), int) or 0,
+                   n_stopped=num(rec.get("stopped_windows"), int) or 0,  # absent in scans before it
                    error=rec.get("error") or None,
                    members=json.loads(rec["members"]) if isinstance(rec.get("members"), str) and rec["members"]
                    else rec.get("members") or None)
@@ -171,7 +191,8 @@ def score_file(det, path: str | os.PathLike, *, segment_seconds: float | None = 
     try:
         y = _load_if_short(det, path, WHOLE_FILE_TOLERANCE * segment)
         if y is not None:
-            _fill_whole(row, y, *_score(det, y), sr=sr)
+            if not _fill_stopped(row, y, _level_profile(det), sr=sr):
+                _fill_whole(row, y, *_score(det, y), sr=sr)
         else:
             _score_segments(det, path, row, segment=segment, hop=hop)
     except Exception as exc:  # noqa: BLE001 - one odd file must not stop a scan of thousands
@@ -213,6 +234,7 @@ def score_files(det, paths: Iterable[str | os.PathLike], *, segment_seconds: flo
         return
     sr = det.feature_config.sr
     segment = _segment_samples(det, segment_seconds)
+    profile = _level_profile(det)
     while chunk := [p for _, p in zip(range(batch), it)]:
         rows, short = [], []
         for path in chunk:
@@ -224,7 +246,7 @@ def score_files(det, paths: Iterable[str | os.PathLike], *, segment_seconds: flo
             else:
                 if y is None:  # a long file: streamed in segments, alone
                     row = score_file(det, path, segment_seconds=segment_seconds, hop_seconds=hop_seconds)
-                else:
+                elif not _fill_stopped(row, y, profile, sr=sr):
                     short.append((row, y))
             rows.append(row)
         try:
@@ -238,6 +260,23 @@ def score_files(det, paths: Iterable[str | os.PathLike], *, segment_seconds: flo
             except Exception as exc:  # noqa: BLE001 - as score_file
                 _fail(row, exc, row.path)
         yield from rows
+
+
+def _level_profile(det) -> dict | None:
+    """The model's training level profile (:func:`threshold.level_profile`), or ``None``."""
+    return (getattr(det, "calibration_", None) or {}).get("levels") or None
+
+
+def _is_stopped(y: np.ndarray, profile: dict | None, *, sr: int) -> bool:
+    return profile is not None and machine_stopped(window_level_db(y, sr=sr), profile)
+
+
+def _fill_stopped(row: ScanRow, y: np.ndarray, profile: dict | None, *, sr: int) -> bool:
+    """``row`` as a stopped machine's when the whole signal ``y`` is one (True), else unchanged."""
+    if not _is_stopped(y, profile, sr=sr):
+        return False
+    row.duration, row.n_stopped = y.size / sr, 1
+    return True
 
 
 def _fill_whole(row: ScanRow, y: np.ndarray, score, members, *, sr: int) -> None:
@@ -319,21 +358,29 @@ def _score_segments(det, path, row: ScanRow, *, segment: int, hop: int) -> None:
     """Stream a long file and fill ``row`` with its worst segment."""
     cfg = det.feature_config
     thr = row.threshold
-    best, best_at, n, n_bad, total, silent = -math.inf, 0, 0, 0, 0, None
+    profile = _level_profile(det)
+    best, best_at, n, n_bad, n_stopped, total, silent = -math.inf, 0, 0, 0, 0, 0, None
     blocks = read_blocks(path, block_seconds=segment / cfg.sr, sr=cfg.sr, channel=det.channel)
     for start, y in iter_segments(blocks, segment=segment, hop=hop):
         total = max(total, start + y.size)
         try:
             check_signal(y, sr=cfg.sr, min_samples=cfg.min_samples, source=f"{path}: at {start / cfg.sr:.1f} s")
         except SilentAudioError as exc:
-            silent = exc  # the machine was off for a while: nothing to judge there
+            silent = exc  # a dropout or a muted input: nothing to judge there
+            continue
+        if _is_stopped(y, profile, sr=cfg.sr):  # the machine was off for a while: not a fault
+            n_stopped += 1
             continue
         s, members = _score(det, y)
         n += 1
         n_bad += s > thr
         if s > best:
             best, best_at, row.members = s, start, members
+    row.n_stopped = n_stopped
     if n == 0:
+        if n_stopped:
+            row.duration = total / cfg.sr
+            return
         if silent is not None:
             raise SilentAudioError(f"{path}: is digitally silent (no sample above -96 dBFS)")
         raise AudioReadError(f"{path}: contains no audio samples")

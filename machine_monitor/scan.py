@@ -228,7 +228,9 @@ def sort_rows(rows: Iterable[ScanRow], order: str = "score") -> list[ScanRow]:
     """Rows by descending score (errors last) or by input position; ``completion`` keeps order."""
     rows = list(rows)
     if order == "score":
-        return sorted(rows, key=lambda r: (r.error is not None, -(r.score if r.score is not None else 0.0), r.index))
+        # Scored files worst first, then stopped machines (nothing to judge), then errors.
+        return sorted(rows, key=lambda r: (r.error is not None, r.stopped,
+                                           -(r.score if r.score is not None else 0.0), r.index))
     if order == "input":
         return sorted(rows, key=lambda r: r.index)
     return rows
@@ -262,6 +264,10 @@ class RowWriter:
             windows = "-" if row.error else f"{row.n_anomalous}/{row.n_segments}"
             worst = _fmt(row.worst_offset, ".1f") + ("" if row.worst_offset is None else "s")
             verdict = f"error: {row.error}" if row.error else row.verdict
+            if row.stopped:
+                verdict += " (machine off: far quieter than the training audio, not scored)"
+            elif row.n_stopped:
+                verdict += f" ({row.n_stopped} windows with the machine off not scored)"
             self.stream.write(f"{row.path:<{self.width}}  {_fmt(row.score):>10}  {_fmt(row.threshold):>10}  "
                               f"{windows:>9}  {worst:>9}  {verdict}\n")
         elif self.fmt == "csv":

@@ -469,7 +469,8 @@ class RecordingMaxima(_TailRecord):
 
     def _within_sf(self, d: np.ndarray) -> np.ndarray:
         if math.isfinite(self.within_scale):
-            return -np.expm1(-np.exp(-(d - self.within_loc) / self.within_scale))
+            with np.errstate(over="ignore"):  # far below the location: exp -> inf, sf -> 1 (exact)
+                return -np.expm1(-np.exp(-(d - self.within_loc) / self.within_scale))
         return (d < self.max_excursion).astype(np.float64)  # no fit: the largest excursion seen, always
 
     def sf(self, x) -> np.ndarray:

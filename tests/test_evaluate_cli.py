@@ -104,7 +104,7 @@ def test_unreadable_clips_are_listed_and_the_metrics_cover_the_rest(demo_model, 
     code = main(["-q", "evaluate", "--model", str(demo_model), str(test_dir_with_bad_clips), "--json", str(out)])
     stdout = capsys.readouterr().out
     assert code == 0  # a report, not an alarm; the count below says what it covers
-    assert "12 scored of 14 (6 anomalous, 6 normal); 2 could not be read and are left out of the metrics" in stdout
+    assert "12 scored of 14 (6 anomalous, 6 normal); 2 could not be read (left out of the metrics)" in stdout
     errors = [line for line in stdout.splitlines() if line.startswith("  error")]
     assert len(errors) == 2
     assert any("anomaly_broken_099.wav: not a readable audio file" in e for e in errors)
@@ -116,6 +116,25 @@ def test_unreadable_clips_are_listed_and_the_metrics_cover_the_rest(demo_model, 
     good = [c for c in doc["clips"] if c["score"] is not None]
     again = evaluate_scores([c["label"] for c in good], [c["score"] for c in good], doc["threshold"])
     assert doc["auc"] == pytest.approx(again["auc"]) and doc["confusion_matrix"] == again["confusion_matrix"]
+
+
+def test_clips_of_the_stopped_machine_are_counted_apart_and_left_out_of_the_metrics(demo_model, recordings,
+                                                                                    tmp_path, capsys):
+    import soundfile as sf
+
+    d = tmp_path / "test"
+    shutil.copytree(recordings / "test", d)
+    y, sr = sf.read(recordings / "test" / "normal_000.wav", dtype="float32")
+    sf.write(d / "normal_off_099.wav", 0.003 * y, sr)  # -50 dB: the machine switched off, the room still there
+    out = tmp_path / "m.json"
+    assert main(["-q", "evaluate", "--model", str(demo_model), str(d), "--json", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    assert ("12 scored of 13 (6 anomalous, 6 normal); 0 could not be read, 1 with the machine stopped "
+            "(left out of the metrics)") in stdout
+    assert [line.split()[0] for line in stdout.splitlines() if "normal_off_099.wav" in line] == ["stopped"]
+    doc = json.loads(out.read_text())
+    assert (doc["n"], doc["n_errors"], doc["n_stopped"]) == (12, 0, 1) and doc["errors"] == []
+    assert [Path(p).name for p in doc["stopped"]] == ["normal_off_099.wav"]
 
 
 def test_a_split_file_gives_labels_and_domains(demo_model, recordings, tmp_path, capsys):

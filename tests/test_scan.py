@@ -102,6 +102,37 @@ def test_silent_stretches_of_a_long_file_are_skipped_not_errors(fitted_detector,
     assert row.error is None and row.n_segments == 2 and row.worst_offset in (0.0, 3.0)
 
 
+def _switched_off(seconds: float, *, seed: int = 0) -> np.ndarray:
+    """Room noise with the machine switched off: ~30 dB below the training hum (-21 dBFS)."""
+    return (0.002 * np.random.default_rng(seed).standard_normal(int(seconds * SR))).astype(np.float32)
+
+
+def test_a_recording_of_the_stopped_machine_is_a_stopped_row_not_an_anomaly(fitted_detector, tmp_path):
+    path = tmp_path / "off.wav"
+    sf.write(path, _switched_off(1.0), SR)
+    row = score_file(fitted_detector, path)
+    assert row.stopped and row.verdict == "stopped" and not row.anomalous
+    assert (row.score, row.error, row.n_segments, row.n_stopped, row.duration) == (None, None, 0, 1, 1.0)
+    # Why: the networks never heard a silent machine, so scored it tops every ranking.
+    blind = copy.copy(fitted_detector)
+    blind.calibration_ = {k: v for k, v in fitted_detector.calibration_.items() if k != "levels"}
+    scored = score_file(blind, path)
+    assert scored.verdict == "ANOMALY" and scored.n_stopped == 0
+
+
+def test_a_long_file_is_judged_on_the_windows_where_the_machine_runs(fitted_detector, tmp_path):
+    y = np.concatenate([hum(2.0, seed=8), _switched_off(2.0, seed=8), hum(1.0, seed=9)])
+    path = tmp_path / "run_stop_run.wav"
+    sf.write(path, y, SR, subtype="FLOAT")
+    row = score_file(fitted_detector, path)
+    running = [fitted_detector.score_signal(y[s:s + SR]) for s in (0, SR, 4 * SR)]
+    assert (row.n_segments, row.n_stopped, row.duration) == (3, 2, 5.0)
+    assert row.score == pytest.approx(max(running), rel=1e-5) and row.worst_offset in (0.0, 1.0, 4.0)
+    assert row.threshold == pytest.approx(fitted_detector.long_file_threshold(3))
+    assert row.verdict == "normal"
+    assert type(row).from_record(row.to_record(flat=True)).n_stopped == 2  # kept through CSV / --resume
+
+
 # -- the corpus ------------------------------------------------------------------
 
 HOUR = 3600.0

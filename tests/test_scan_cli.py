@@ -66,6 +66,19 @@ def test_jsonl_in_input_order_and_exit_codes(model_dir, archive, tmp_path, capsy
     assert scan(model_dir, archive / "a_normal.wav", archive / "e_broken.wav") == 2  # errors win over anomalies
 
 
+def test_a_stopped_machine_is_listed_after_the_scored_files_and_is_no_alarm(model_dir, archive, tmp_path, capsys):
+    off = tmp_path / "z_weekend.wav"
+    sf.write(off, (0.002 * np.random.default_rng(0).standard_normal(SR)).astype(np.float32), SR)  # machine off
+    assert scan(model_dir, archive / "a_normal.wav", off) == 0  # nothing anomalous: not an alarm, not an error
+    out, err = capsys.readouterr()
+    assert out.splitlines()[-1].split()[-1] == "scored)" and "stopped (machine off" in out.splitlines()[-1]
+    assert "2 files: 0 anomalous, 1 with the machine stopped (not scored), 0 errors" in err
+    assert scan(model_dir, off, archive / "b_clicks.wav", "--format", "jsonl") == 1
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["verdict"], r["score"], r["stopped_windows"]) for r in rows][1:] == [("stopped", None, 1)]
+    assert rows[0]["verdict"] == "ANOMALY"
+
+
 def test_nothing_anomalous_exits_0(fitted_detector, archive, tmp_path):
     lenient = copy.deepcopy(fitted_detector).set_threshold(scores=[1e9], method="percentile", percentile=100)
     model = lenient.save(tmp_path / "lenient")

@@ -100,6 +100,32 @@ def test_heard_recordings_in_a_mix_are_left_out_and_named(model, recordings, tmp
     assert f"3 of the {3 + len(normals)} recordings trained this model and were left out (old_" in caplog.text
 
 
+def test_recordings_of_the_stopped_machine_are_left_out_and_named(model, recordings, tmp_path, caplog, capsys):
+    import soundfile as sf
+
+    recent = tmp_path / "recent"
+    recent.mkdir()
+    normals = sorted((recordings / "test").glob("normal_*.wav"))
+    for f in normals:
+        shutil.copy(f, recent / f.name)
+    y, sr = sf.read(normals[0], dtype="float32")
+    sf.write(recent / "weekend.wav", 0.003 * y, sr)  # -50 dB: the machine was off
+    before = Detector.load(model)
+    assert main(["threshold", "--model", str(model), str(recent)]) == 0
+    after = Detector.load(model)
+    # Scored, the quiet recording would have pushed the clip threshold far above every fault.
+    assert after.calibration_["n_recordings"] == len(normals)
+    assert after.threshold_value_ < 2 * before.threshold_value_
+    assert f"1 of the {1 + len(normals)} recordings were left out: the machine was stopped in them" in caplog.text
+    assert "weekend.wav" in caplog.text
+    off = tmp_path / "off"
+    off.mkdir()
+    shutil.move(recent / "weekend.wav", off / "weekend.wav")
+    capsys.readouterr()
+    assert main(["threshold", "--model", str(model), str(off)]) == 2
+    assert "in the one recording the machine was stopped" in capsys.readouterr().err
+
+
 def test_the_library_recalibration_refuses_them_too(model, recordings):
     from machine_monitor.detectors.calibration import recalibrate
     from machine_monitor.errors import ConfigError

@@ -104,8 +104,10 @@ def run(args) -> int:
     rows = output.rows
     n_anom = sum(r.anomalous for r in rows)
     n_err = sum(r.error is not None for r in rows)
+    n_off = sum(r.stopped for r in rows)
+    off = f", {n_off} with the machine stopped (not scored)" if n_off else ""
     speed = f", {audio_s / elapsed:,.0f}x real time" if elapsed > 0 and audio_s else ""
-    print(f"{len(rows)} files: {n_anom} anomalous, {n_err} errors ({len(rows) - len(output.kept)} scanned now: "
+    print(f"{len(rows)} files: {n_anom} anomalous{off}, {n_err} errors ({len(rows) - len(output.kept)} scanned now: "
           f"{audio_s / 3600:.2f} h of audio in {elapsed:.1f} s{speed})", file=sys.stderr)
     if args.report and not interrupted:
         from machine_monitor.reports.report import write_report

@@ -71,9 +71,10 @@ def run(args) -> int:
         files, _, _ = without_heard(det, files)  # its training recordings would bias it (logged; recalibrate: same)
         rows = [score_file(det, f) for f in files]
         for r in rows:
-            if r.error:
-                print(f"{r.path}: {r.error} (not used)", file=sys.stderr)
-        scores = [r.score for r in rows if r.error is None]
+            if r.error or r.stopped:
+                why = r.error or "the machine was stopped (far quieter than the training audio)"
+                print(f"{r.path}: {why} (not used)", file=sys.stderr)
+        scores = [r.score for r in rows if r.score is not None]
         if not scores:
             raise ConfigError("none of the files could be scored")
         det.set_threshold(scores=scores, method="contamination", contamination=args.contamination)

@@ -50,6 +50,7 @@ from machine_monitor.threshold import (
     live_calibration,
     live_geometry,
     long_file_calibration,
+    machine_stopped,
     percentile_threshold,
     unit_starts,
 )
@@ -514,7 +515,9 @@ def recalibrate(det, clips: list, *, groups=None, rate: float | None = None,
     neither the networks nor the scorer saw these recordings: the detector itself
     scores them. ``rule`` and the rates default to the model's current calibration.
     Recordings the model trained on (:func:`heard_recordings`) are left out, with a
-    warning; if every one is, :class:`ConfigError`.
+    warning, and so are recordings of the machine stopped (their median level below the
+    model's ``stopped_below_db``: the monitor would not score them, and scored they would
+    set every threshold far above any fault); if none is left, :class:`ConfigError`.
     """
     clips, groups, note = without_heard(det, clips, groups)
     old = getattr(det, "calibration_", None) or {}
@@ -531,6 +534,22 @@ def recalibrate(det, clips: list, *, groups=None, rate: float | None = None,
     signals = _Signals(det)  # long recordings streamed, never held whole
     for i, c in enumerate(clips):
         signals.add(c, i)
+    off = _stopped_recordings(signals, old.get("levels"), sr=det.feature_config.sr)
+    if off:
+        names = heard_names(clips, off)
+        if len(off) == len(clips):
+            which = "the one recording" if len(clips) == 1 else f"all {len(clips)} recordings"
+            raise ConfigError(f"in {which} the machine was stopped (far quieter than the "
+                              f"model's training audio, below {old['levels']['stopped_below_db']:.1f} dBFS; "
+                              f"{names}): give recordings of it running normally (or retrain, if the microphone "
+                              "or its gain changed)")
+        note.append(f"{len(off)} of the {len(clips)} recordings were left out: the machine was stopped in them "
+                    f"(far quieter than the training audio, below {old['levels']['stopped_below_db']:.1f} dBFS; "
+                    f"{names})")
+        log.warning("%s", note[-1])
+        keep = [i for i in range(len(clips)) if i not in set(off)]
+        signals.items = [signals.items[i] for i in keep]
+        clips, groups = [clips[i] for i in keep], None if groups is None else [list(groups)[i] for i in keep]
     if groups is None:
         groups = groups_from_paths([str(c) if isinstance(c, (str, os.PathLike)) else None for c in clips])
     groups = [str(g) for g in groups]
@@ -540,6 +559,13 @@ def recalibrate(det, clips: list, *, groups=None, rate: float | None = None,
                           rule=rule)
     cal["warnings"] = note + cal["warnings"]
     return cal
+
+
+def _stopped_recordings(signals: _Signals, profile: dict | None, *, sr: int) -> list[int]:
+    """Indices of the recordings whose median 0.5 s block level says the machine was stopped."""
+    if not profile:
+        return []
+    return [i for i, rec in enumerate(signals) if machine_stopped(float(np.median(rec.levels(sr))), profile)]
 
 
 def _calibrate_from(det, signals, groups, fold_of, scorers, *, how, rate, target, rule) -> dict:

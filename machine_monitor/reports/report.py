@@ -32,7 +32,7 @@ h1{font-size:1.5em}h2{font-size:1.2em;margin-top:2em}
 table{border-collapse:collapse;font-size:.9em}th,td{padding:.25em .6em;border-bottom:1px solid #ddd;text-align:left}
 th{cursor:pointer;background:#f3f3f3;position:sticky;top:0}th:hover{background:#e3e3e3}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
-tr.ANOMALY td{background:#fde8e8}tr.error td{color:#a05a00}
+tr.ANOMALY td{background:#fde8e8}tr.stopped td{color:#777}tr.error td{color:#a05a00}
 .summary td{border:none;padding:.1em 1em .1em 0}figure{margin:1.5em 0}figcaption{font-size:.9em;color:#333}
 figure img{max-width:100%}ul.evidence{margin:.3em 0 .5em;padding-left:1.4em}
 """
@@ -104,15 +104,18 @@ def render_report(rows: Sequence[ScanRow], det, *, model: str = "", elapsed: flo
                   top: int = 10) -> str:
     """The whole report as one HTML string (rows in the order given)."""
     thr = det.threshold_value_
-    scored = [r for r in rows if r.error is None]
+    scored = [r for r in rows if r.score is not None]
     anomalies = sorted((r for r in scored if r.anomalous), key=lambda r: -r.score)
     errors = [r for r in rows if r.error is not None]
-    audio_h = sum(r.duration or 0.0 for r in scored) / 3600
+    stopped = [r for r in rows if r.stopped]
+    audio_h = sum(r.duration or 0.0 for r in rows if r.error is None) / 3600
     esc = html.escape
 
     summary = [("model", esc(model)), ("threshold", f"{thr:.4g} ({esc(str(det.threshold_.get('method', '')))})"),
                ("files", f"{len(rows)}"), ("audio", f"{audio_h:.2f} h"),
-               ("anomalous files", f"<b>{len(anomalies)}</b>"), ("errors", f"{len(errors)}")]
+               ("anomalous files", f"<b>{len(anomalies)}</b>"),
+               ("machine stopped", f"{len(stopped)} (far quieter than the training audio: not scored)"),
+               ("errors", f"{len(errors)}")]
     if elapsed:
         summary.append(("scan time", f"{elapsed:.1f} s ({audio_h * 3600 / elapsed:,.0f}x real time)"))
     hist = score_histogram([r.score for r in scored], thr)
