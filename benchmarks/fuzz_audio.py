@@ -151,7 +151,7 @@ def run_case(path: Path, det, score_file, stages: list[str]) -> tuple[str, str |
                 row = score_file(det, path)
                 if row.error is not None and row.error.startswith("unexpected"):
                     return "finding", f"{stage}: {row.error}"
-                if row.error is None and not np.isfinite(row.score):
+                if row.error is None and not row.stopped and not np.isfinite(row.score):  # stopped: no score
                     return "finding", f"{stage}: non-finite score {row.score}"
             elif stage == "file_source":
                 src = FileSource(path, speed=0)

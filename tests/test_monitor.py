@@ -338,6 +338,20 @@ def test_cli_monitor_exits_0_on_normal_audio(demo_model, tmp_path, capsys):
     assert not (tmp_path / "a.jsonl").exists()
 
 
+def test_cli_monitor_replaying_the_machine_switched_off_is_a_state_not_an_error(demo_model, tmp_path, capsys):
+    from machine_monitor.cli import main
+
+    off = 0.003 * machine_sound(15.0, seed=9013)  # -50 dB: far quieter than anything in training
+    wav = write_wav(tmp_path / "off.wav", off)
+    log = tmp_path / "a.jsonl"
+    code = main(["-q", "monitor", "--model", str(demo_model[0]), "--input", str(wav), "--speed", "0",
+                 "--alert-log", str(log), "--evidence-dir", str(tmp_path / "ev")])
+    out = capsys.readouterr().out
+    assert code == 0  # not "no window could be scored": nothing was wrong with the file
+    assert "0 windows scored" in out and "with the machine stopped" in out and "0 alert episode(s)" in out
+    assert [json.loads(line)["event"] for line in log.read_text().splitlines()] == ["machine_stopped"]
+
+
 def test_cli_monitor_sigint_stops_cleanly_with_a_summary_and_130(demo_model, tmp_path):
     import signal
     import subprocess

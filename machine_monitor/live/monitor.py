@@ -83,6 +83,7 @@ class MonitorSummary:
     """What happened during :meth:`Monitor.run`."""
 
     windows: int = 0  # windows scored
+    stopped_windows: int = 0  # windows not scored: the machine was stopped
     anomalous_windows: int = 0
     alerts: int = 0  # alert episodes opened
     signal_losses: int = 0
@@ -99,7 +100,8 @@ class MonitorSummary:
         peak = "-" if self.max_score is None else f"{self.max_score:.4g}"
         return (f"monitored {self.stream_seconds:.1f} s of audio in {self.wall_seconds:.1f} s ({self.stopped_by}): "
                 f"{self.windows} windows scored, {self.anomalous_windows} above {self.threshold:.4g}, "
-                f"peak {peak}; {self.alerts} alert episode(s), {self.signal_losses} signal loss(es); "
+                + (f"{self.stopped_windows} with the machine stopped, " if self.stopped_windows else "")
+                + f"peak {peak}; {self.alerts} alert episode(s), {self.signal_losses} signal loss(es); "
                 f"{self.dropped_blocks} dropped blocks, {self.overflows} input overflows, {self.restarts} re-opens")
 
 
@@ -314,6 +316,7 @@ class Monitor:
             self._emit(Event.now(MACHINE_STOPPED if stopped else MACHINE_RUNNING, model=self.model_name,
                                  stream_seconds=stop / self.sr, reason=reason))
         if stopped:
+            self.summary.stopped_windows += 1
             self.scorer.skip_to(start + self.hop)
             self._status(stop, None, False)
         return stopped
