@@ -130,7 +130,7 @@ def run(args) -> int:
     held = "normal clips scored out-of-fold" if ensemble > 1 else "held-out normal clips"
     how = {"percentile": f"p{t['percentile']:g} of {t['n_scores']} {held}",
            "gamma": f"p{t['percentile']:g} of a gamma fitted to {t['n_scores']} {held}",
-           }.get(t["method"], f"{t['method']}, p{t['percentile']:g} of {t['n_scores']} clips")
+           }.get(t["method"], f"p{t['percentile']:g} of a {t['method']} fitted to {t['n_scores']} {held}")
     epochs = f"{len(det.history_)} epochs, " if args.detector in ("ae", "aegmm", "vaegmm") else ""
     if ensemble > 1:
         epochs = f"{ensemble} networks, {epochs}"
