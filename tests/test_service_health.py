@@ -1,5 +1,6 @@
 """A machine's health states through the service's own loop (in-process, replay as fast as possible):
-clipping, digital silence, a stopped machine; each raised once and cleared once.
+clipping, digital silence, a stopped machine; each raised once and cleared once. And a model
+re-calibrated in place while the service runs: the next reload (SIGHUP) picks it up.
 
 Silent and stopped windows are not scored (they say nothing about the machine's condition). Clipped
 windows are: a fault loud enough to clip must still raise its alert; the clipping event tells the
@@ -8,7 +9,10 @@ engineer the input gain is wrong.
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
+import pytest
 
 from machine_monitor.audio.sources import ArraySource
 from machine_monitor.detectors.registry import load_detector
@@ -50,3 +54,55 @@ device = "no-such-device"   # replaced by the replay below
     assert all(4.0 <= e["stream_seconds"] <= 12.0 for e in evs if e["event"].startswith("alert")), evs
     windows = service.machine("a")["windows"]
     assert 0 < windows < len(y) / SR / 0.512  # silent and stopped windows were not scored
+
+
+class _Replays(dict):
+    """A fresh real-time replay of normal hum whenever a machine (re)starts."""
+
+    def get(self, name, default=None):
+        return ArraySource(hum(60, seed=len(name)), speed=1, name=f"replay of {name}")
+
+
+def test_a_model_re_saved_in_place_is_reloaded_and_the_other_machines_keep_running(tmp_path, tiny_model):  # noqa: F811
+    # As after `machine-monitor threshold -m a-model recent/` then `systemctl reload machine-monitor`.
+    models = {n: shutil.copytree(tiny_model, tmp_path / f"{n}-model") for n in ("a", "b")}
+    conf = tmp_path / "machines.toml"
+    conf.write_text(f"""
+[service]
+store = "events.db"
+heartbeat_seconds = 0
+
+[defaults]
+margin = 0.1
+
+[machines.a]
+model = "{models['a']}"
+device = "no-such-device-a"   # replaced by the replays
+
+[machines.b]
+model = "{models['b']}"
+device = "no-such-device-b"
+""")
+    service = Service(parse_config(conf.read_text(), conf), sources=_Replays()).start()
+    try:
+        a, b = service.runners["a"], service.runners["b"]
+        det = load_detector(models["a"])
+        new = 2 * det.threshold_value_
+        det.set_threshold(scores=[new], method="percentile", percentile=100).save(models["a"])
+        assert a.lifecycle.level != pytest.approx(new * 1.1)  # running on the model it loaded
+
+        service.reload()
+        assert service.runners["b"] is b  # untouched: same section, same model
+        assert service.runners["a"] is not a and service.runners["a"].lifecycle.level == pytest.approx(new * 1.1)
+        reloaded = service.store.events(kinds=["config_reloaded"], limit=None)
+        assert reloaded[-1]["models_reloaded"] == ["a"]
+
+        service.reload()  # nothing changed since: nothing restarts
+        assert service.runners["a"] is not a and service.store.events(kinds=["config_reloaded"])[-1][
+            "models_reloaded"] == []
+        a2 = service.runners["a"]
+        service.reload()
+        assert service.runners["a"] is a2
+    finally:
+        service.stop()
+        service.shutdown()

@@ -286,6 +286,9 @@ def test_mqtt_events_retained_state_last_will_and_discovery(tmp_path):
         wait_for(lambda: len(sub.event_ids()) == 4, 5, "events at the subscriber")
         assert sub.event_ids() == [*ids, ack["id"]]
         wait_for(lambda: sub.last("machine-monitor/status") == "online", 5, "online status")
+        # The retained state follows its event (another topic, another publish): wait for it, as a receiver would.
+        wait_for(lambda: json.loads(sub.last("machine-monitor/pump/state") or "{}").get("state") == "acknowledged",
+                 5, "the acknowledged state")
         state = json.loads(sub.last("machine-monitor/pump/state"))
         assert state["state"] == "acknowledged" and state["id"] == ack["id"]
         config = json.loads(sub.last("homeassistant/sensor/machine_monitor_pump/config"))

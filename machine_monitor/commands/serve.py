@@ -10,7 +10,7 @@ from machine_monitor.commands.common import DefaultsHelpFormatter
 HELP = "monitor several machines as a service (machines.toml): alert lifecycle, event store, sinks"
 EPILOG = ("exit codes: 0 stopped or inputs ended without an alert, 1 inputs ended with alerts, 2 configuration, "
           "model or store error, 130 stopped by SIGTERM/Ctrl-C (systemd treats it as clean). SIGHUP reloads "
-          "machines.toml.")
+          "machines.toml and every model re-saved since it was loaded (e.g. by `threshold`).")
 
 
 def register(sub) -> None:

@@ -7,6 +7,10 @@
       -> health checks -> MachineLifecycle       from the store, repeats, heartbeat,  -> advance the cursor
       -> evidence WAV -> EventStore.append       retention, SIGHUP reload, stop
 
+SIGHUP re-reads ``machines.toml`` and reloads every model re-saved in place since it was
+loaded (``machine-monitor threshold``, a retrain into the same folder): a machine whose
+section or model changed restarts with it; the others keep running untouched.
+
 Every event is appended to the :class:`EventStore` (durable) by the thread that
 decided it, *before* any sink can see it; sinks read the store. One machine's
 input failing (``device_lost``, retried with backoff) never stops the others.
@@ -39,6 +43,7 @@ Hook: when ``[dashboard]`` is enabled, the service starts
 from __future__ import annotations
 
 import collections
+import hashlib
 import importlib.util
 import logging
 import math
@@ -355,6 +360,9 @@ class Service:
         self.store = EventStore(config.store, max_age_days=config.retention_days or None,
                                 max_events=config.max_events)
         self.detectors = detectors if detectors is not None else load_detectors(config)
+        #: Each machine's model.json digest when its detector was loaded: a model re-saved in place
+        #: (a re-calibration) is picked up by the next reload.
+        self.model_digests = {m.name: model_digest(m.model) for m in config.machines}
         from machine_monitor.service.inputs import DeviceHub
 
         self.hub = DeviceHub()
@@ -562,12 +570,15 @@ class Service:
                     self.emit(r, ev)
 
     def reload(self) -> None:
-        """Apply a changed ``machines.toml``: restart changed machines and every sink (cursors are kept)."""
+        """Apply a changed ``machines.toml`` and models re-saved in place: restart the machines whose
+        section or model changed, and every sink (cursors are kept)."""
         try:
             new = load_config(self.config.path)
+            digests = {m.name: model_digest(m.model) for m in new.machines}
+            same = {m.name for m in new.machines if m == self._machine_cfg(m.name)}
+            remodelled = sorted(n for n in same if digests[n] != self.model_digests.get(n))
             detectors = load_detectors(new, keep={n: d for n, d in self.detectors.items()
-                                                  if any(m.name == n and m == self._machine_cfg(n)
-                                                         for m in new.machines)})
+                                                  if n in same and n not in remodelled})
         except MachineMonitorError as exc:
             log.error("reload refused, the running configuration stays: %s", exc)
             return
@@ -580,20 +591,25 @@ class Service:
         self.workers = {}
         for name, r in list(self.runners.items()):
             m = next((x for x in new.machines if x.name == name), None)
-            if m != old[name]:
+            if m != old[name] or name in remodelled:
                 r.stop()
                 r.join(5)
                 with r.lock:
-                    for ev in r.lifecycle.stop(time.time(), "configuration changed"):
+                    why = "its model changed on disk" if m == old[name] else "configuration changed"
+                    for ev in r.lifecycle.stop(time.time(), why):
                         self.emit(r, ev)
                 del self.runners[name]
+        for name in remodelled:
+            log.info("%s: model %s was re-saved since it was loaded: reloaded", name, self._machine_cfg(name).model)
         self.config = new
         self.detectors = detectors
+        self.model_digests = digests
         self._start_workers()
         for m in new.machines:
             if m.name not in self.runners:
                 self._start_machine(m)
-        self.emit(None, {"event": CONFIG_RELOADED, "machines": [m.name for m in new.machines]})
+        self.emit(None, {"event": CONFIG_RELOADED, "machines": [m.name for m in new.machines],
+                         "models_reloaded": remodelled})
 
     def _machine_cfg(self, name: str) -> MachineConfig | None:
         return next((m for m in self.config.machines if m.name == name), None)
@@ -629,6 +645,15 @@ class Service:
         signal.signal(signal.SIGINT, on_stop)
         if hasattr(signal, "SIGHUP"):
             signal.signal(signal.SIGHUP, lambda s, f: self.request_reload())
+
+
+def model_digest(model_dir) -> str | None:
+    """SHA-256 of a model directory's ``model.json`` (which holds every other file's sha256): it
+    changes whenever the model is re-saved; ``None`` if it cannot be read."""
+    try:
+        return hashlib.sha256((Path(model_dir) / "model.json").read_bytes()).hexdigest()
+    except OSError:
+        return None
 
 
 def load_detectors(config: ServiceConfig, *, keep: dict | None = None) -> dict:
@@ -676,7 +701,7 @@ SYSTEMD_UNIT = """\
 #   sudo cp machine-monitor.service /etc/systemd/system/
 #   sudo systemctl daemon-reload && sudo systemctl enable --now machine-monitor
 #   journalctl -u machine-monitor -f           # the log (events, device trouble)
-#   sudo systemctl reload machine-monitor      # re-read {config} (SIGHUP)
+#   sudo systemctl reload machine-monitor      # re-read {config} and re-saved models (SIGHUP)
 # {config} must be readable by {user}; its store and evidence_dir must be writable by it
 # (e.g. absolute paths under /var/lib/machine-monitor, which systemd creates for it).
 [Unit]
