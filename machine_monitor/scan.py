@@ -265,7 +265,8 @@ class RowWriter:
             worst = _fmt(row.worst_offset, ".1f") + ("" if row.worst_offset is None else "s")
             verdict = f"error: {row.error}" if row.error else row.verdict
             if row.stopped:
-                verdict += " (machine off: far quieter than the training audio, not scored)"
+                verdict += (" (machine off: far quieter than the training audio, or the input gain far lower; "
+                            "not scored)")
             elif row.n_stopped:
                 verdict += f" ({row.n_stopped} windows with the machine off not scored)"
             self.stream.write(f"{row.path:<{self.width}}  {_fmt(row.score):>10}  {_fmt(row.threshold):>10}  "
