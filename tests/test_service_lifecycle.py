@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 
+import numpy as np
 import pytest
 
 from machine_monitor.errors import ConfigError
@@ -205,6 +207,31 @@ def test_retention_keeps_what_a_sink_has_not_delivered(tmp_path):
         many.append({"event": "heartbeat"})
     assert many.prune() == 13  # over twice the limit: back to the limit, undelivered or not (logged)
     assert many.count() == 10 and many.events(limit=1)[0]["id"] == 26
+
+
+def test_evidence_goes_with_its_event_when_retention_removes_it(tmp_path):
+    from machine_monitor.service.serve import prune_evidence, write_evidence
+
+    store = EventStore(tmp_path / "events.db", max_age_days=30, max_events=1000)
+    ev_dir = tmp_path / "evidence"
+    audio = np.zeros(1600, np.float32)
+    now = time.time()
+    old, recent = now - 40 * 86400, now - 86400
+    wavs = {when: write_evidence(ev_dir, "pump 3", i + 1, when, audio, 16000) for i, when in enumerate((old, recent))}
+    for when, wav in wavs.items():
+        store.append({"event": "alert", "machine": "pump 3", "epoch": when, "evidence": str(wav)})
+        os.utime(wav, (when, when))
+    orphan = write_evidence(ev_dir, "pump 3", 9, now - 7200, audio, 16000)  # a crash between WAV and event
+    os.utime(orphan, (now - 7200, now - 7200))
+    being_written = write_evidence(ev_dir, "pump 3", 10, now, audio, 16000)  # its event is not stored yet
+    (ev_dir / "notes.wav").write_bytes(b"someone else's file")
+    store.start_cursor("log")
+    store.advance("log", store.last_id())
+
+    assert store.prune(now) == 1  # the 40-day-old alert
+    assert prune_evidence(ev_dir, store.evidence_paths(), now=now) == 2
+    assert sorted(p.name for p in ev_dir.iterdir()) == sorted(
+        [wavs[recent].name, being_written.name, "notes.wav"])
 
 
 def test_the_service_measures_window_levels_as_monitor_does():

@@ -98,6 +98,39 @@ def write_evidence(directory: Path, machine: str, episode: int, epoch: float, au
     return write_wav(directory / f"{safe}_alert{episode:03d}_{stamp}.wav", audio, sr=sr)
 
 
+#: An evidence file no event refers to yet may be one being written (the WAV is saved before its event).
+EVIDENCE_GRACE_SECONDS = 3600.0
+_EVIDENCE_NAME = re.compile(r"^[\w.-]+_alert\d{3,}_\d{8}T\d{6}Z\.wav$")
+
+
+def prune_evidence(directory: Path, referenced: set[str], *, now: float | None = None,
+                   grace: float = EVIDENCE_GRACE_SECONDS) -> int:
+    """Delete the alert WAVs in ``directory`` that no stored event refers to any more (their events
+    were removed by retention, or a crash left them behind), if older than ``grace`` seconds.
+
+    Only files named as :func:`write_evidence` names them are touched. Returns how many went.
+    Without this, a machine that alerts often fills a factory PC's disk over months.
+    """
+    now = time.time() if now is None else now
+    keep = {os.path.realpath(p) for p in referenced}
+    removed = 0
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return 0  # no evidence yet
+    for entry in entries:
+        if not (_EVIDENCE_NAME.match(entry.name) and entry.is_file(follow_symlinks=False)):
+            continue
+        try:
+            if now - entry.stat().st_mtime < grace or os.path.realpath(entry.path) in keep:
+                continue
+            os.unlink(entry.path)
+            removed += 1
+        except OSError as exc:  # another process, permissions: try again at the next pruning
+            log.warning("evidence file %s not removed: %s", entry.path, exc)
+    return removed
+
+
 def window_level_db(y: np.ndarray, *, sr: int) -> float:
     """:func:`machine_monitor.threshold.window_level_db` (median of 0.5 s block levels, dBFS) in float32:
     the same decision at a fifth of the cost, paid by every machine at every hop."""
@@ -541,8 +574,9 @@ class Service:
                 if now >= next_prune:
                     next_prune = now + 3600
                     removed = self.store.prune(now, sinks=list(self.workers))
-                    if removed:
-                        log.info("event store: %d old events removed", removed)
+                    gone = prune_evidence(self.evidence_dir, self.store.evidence_paths(), now=now)
+                    if removed or gone:
+                        log.info("event store: %d old events removed, %d evidence files with them", removed, gone)
                 if self._reload.is_set():
                     self._reload.clear()
                     self.reload()

@@ -356,6 +356,17 @@ class EventStore:
         return [dict(zip(keys, r)) for r in rows]
 
     # -- retention -----------------------------------------------------------------
+    def evidence_paths(self) -> set[str]:
+        """The evidence files the stored events refer to (alerts' ``evidence``), as given."""
+        with self._lock:
+            rows = self._db.execute("SELECT body FROM events WHERE kind = 'alert'").fetchall()
+        out = set()
+        for (body,) in rows:
+            path = json.loads(body).get("evidence")
+            if path:
+                out.add(str(path))
+        return out
+
     def prune(self, now: float | None = None, *, sinks=None) -> int:
         """Apply retention; returns how many events were removed.
 
