@@ -106,3 +106,41 @@ device = "no-such-device-b"
     finally:
         service.stop()
         service.shutdown()
+
+
+def test_an_event_the_store_cannot_take_waits_and_is_stored_once_it_can(tmp_path, tiny_model, monkeypatch, caplog):  # noqa: F811
+    # Disk full for a moment: the alert must not be dropped, nor the machine's monitoring end.
+    import machine_monitor.service.serve as serve
+    from machine_monitor.service.store import StoreError
+
+    conf = tmp_path / "machines.toml"
+    conf.write_text(f"""
+[service]
+store = "events.db"
+heartbeat_seconds = 0
+
+[machines.a]
+model = "{tiny_model}"
+device = "no-such-device"
+""")
+    service = Service(parse_config(conf.read_text(), conf), detectors={"a": load_detector(tiny_model)})
+    monkeypatch.setattr(serve, "STORE_RETRY_SECONDS", (0.01, 0.02))
+    real, failures = service.store.append, []
+
+    def full_disk_twice(event):
+        if len(failures) < 2:
+            failures.append(event["event"])
+            raise StoreError(f"{service.store.path}: cannot write the {event['event']} event "
+                             "(database or disk is full)")
+        return real(event)
+
+    monkeypatch.setattr(service.store, "append", full_disk_twice)
+    stored = service.emit(None, {"event": "alert", "machine": "a", "episode": 1})
+    assert failures == ["alert", "alert"] and [e["id"] for e in service.store.events()] == [stored["id"]]
+    assert caplog.text.count("database or disk is full") == 1 and "writable again" in caplog.text
+
+    failures.clear()
+    service.stop()  # stopping while the store still refuses: the event is lost, loudly
+    with pytest.raises(StoreError):
+        service.emit(None, {"event": "alert_end", "machine": "a", "episode": 1})
+    assert "service stopping: the alert_end event is lost" in caplog.text

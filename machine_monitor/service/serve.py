@@ -61,7 +61,7 @@ from machine_monitor.errors import AudioDeviceError, ConfigError, MachineMonitor
 from machine_monitor.service.config import MachineConfig, ServiceConfig, load_config
 from machine_monitor.service.lifecycle import ALERT, MachineLifecycle
 from machine_monitor.service.sinks import DeliveryWorker, make_sink
-from machine_monitor.service.store import EventStore
+from machine_monitor.service.store import EventStore, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,10 @@ HEARTBEAT, SERVICE_STARTED, SERVICE_STOPPED, CONFIG_RELOADED = ("heartbeat", "se
                                                                 "config_reloaded")
 #: Service-thread period: acks, silences, repeats, heartbeat are noticed within this.
 TICK_SECONDS = 0.5
+#: An event the store cannot take (disk full, file system read-only) is retried, waiting this
+#: long at first, doubling up to the second value: it is held, not dropped, and monitoring goes on
+#: once the store takes it.
+STORE_RETRY_SECONDS = (1.0, 30.0)
 
 
 def limit_threads() -> None:
@@ -459,13 +463,36 @@ class Service:
             except (OSError, RuntimeError) as exc:  # the alert matters more than its audio
                 log.error("%s: evidence not saved: %s", runner.name, exc)
         with self._emit_lock:
-            stored = self.store.append(event)
+            stored = self._append(event)
         if runner is not None:
             runner.lifecycle.bind(stored)
         level = logging.WARNING if stored["event"] in ("alert", "alert_repeat", "device_lost", "signal_lost",
                                                          "clipping") else logging.INFO
         log.log(level, "%s", describe(stored))
         return stored
+
+    def _append(self, event: dict) -> dict:
+        """``store.append``, retried while the store cannot be written (the event waits, every
+        machine's events wait behind it); given up only when the service stops (:class:`StoreError`)."""
+        wait, failed = STORE_RETRY_SECONDS[0], None
+        while True:
+            try:
+                stored = self.store.append(event)
+            except StoreError as exc:
+                if self._stop.is_set():
+                    log.error("service stopping: the %s event is lost: %s", event.get("event"), exc)
+                    raise
+                if failed is None:
+                    log.error("%s; the event waits, retried every %.0f-%.0f s (monitoring pauses meanwhile)", exc,
+                              *STORE_RETRY_SECONDS)
+                    failed = time.monotonic()
+                self._stop.wait(wait)
+                wait = min(2 * wait, STORE_RETRY_SECONDS[1])
+                continue
+            if failed is not None:
+                log.warning("event store writable again after %.0f s: the waiting %s event is stored",
+                            time.monotonic() - failed, event.get("event"))
+            return stored
 
     # -- running ------------------------------------------------------------------------------
     def start(self) -> Service:
