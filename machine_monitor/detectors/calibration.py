@@ -485,7 +485,8 @@ def heard_recordings(det, clips: list) -> list[int]:
 
 
 def heard_names(clips: list, heard, *, first: int = 3) -> str:
-    """The file names of the heard ``clips`` (indices ``heard``) for a message: the first few, then "..."."""
+    """The file names of ``clips`` at the indices ``heard`` (heard, stopped, ...) for a message: the first
+    few, then "..."."""
     names = [os.path.basename(str(clips[i])) for i in sorted(heard)]
     return ", ".join(names[:first]) + (", ..." if len(names) > first else "")
 
