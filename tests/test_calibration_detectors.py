@@ -86,6 +86,13 @@ def test_a_single_session_is_a_loud_warning():
     assert any("one group" in w for w in det.calibration_["warnings"])
 
 
+def test_two_sessions_are_a_loud_warning_more_are_not():
+    two = make_detector("ocsvm", seed=0).fit(_hums(8), groups=["day1"] * 4 + ["day2"] * 4)
+    assert any("only 2 groups" in w and "two sessions differ" in w for w in two.calibration_["warnings"])
+    four = make_detector("ocsvm", seed=0).fit(_hums(8), groups=[f"day{i // 2}" for i in range(8)])
+    assert not any("groups of recordings (sessions)" in w for w in four.calibration_["warnings"])
+
+
 def test_scan_judges_a_long_file_by_the_worst_window_threshold_for_its_length(ocsvm, tmp_path):
     import soundfile as sf
 

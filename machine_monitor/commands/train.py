@@ -127,7 +127,8 @@ def run(args) -> int:
     det.save(out)
     t = det.threshold_
     ensemble = getattr(det, "ensemble_size", 1)
-    held = "normal clips scored out-of-fold" if ensemble > 1 else "held-out normal clips"
+    cross_fitted = ensemble > 1 or getattr(det, "fold_of_", None) is not None
+    held = "out-of-fold normal scores" if cross_fitted else "held-out normal clips"
     how = {"percentile": f"p{t['percentile']:g} of {t['n_scores']} {held}",
            "gamma": f"p{t['percentile']:g} of a gamma fitted to {t['n_scores']} {held}",
            }.get(t["method"], f"p{t['percentile']:g} of a {t['method']} fitted to {t['n_scores']} {held}")
