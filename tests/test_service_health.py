@@ -22,27 +22,22 @@ from tests.conftest import SR, hum
 from tests.test_service_sinks import tiny_model  # noqa: F401 - fixture
 
 
+def service_config(tmp_path, models: dict, defaults: str = ""):
+    """machines.toml in ``tmp_path`` (its store there, no heartbeat), one machine per ``{name: model}``
+    on a device that does not exist (the tests give each a replay instead), parsed."""
+    machines = "".join(f'[machines.{n}]\nmodel = "{m}"\ndevice = "no-such-device-{n}"\n\n' for n, m in models.items())
+    conf = tmp_path / "machines.toml"
+    conf.write_text(f'[service]\nstore = "events.db"\nheartbeat_seconds = 0\n\n[defaults]\n{defaults}\n{machines}')
+    return parse_config(conf.read_text(), conf)
+
+
 def test_clipping_silence_and_a_stopped_machine_are_health_events_not_alerts(tmp_path, tiny_model):  # noqa: F811
     clipped = hum(4, seed=1) * 12  # the same machine, an input gain far too high: it hits full scale
     parts = [hum(4, seed=0), np.clip(clipped, -1, 1), hum(4, seed=2), np.zeros(SR * 2, np.float32),
              hum(4, seed=3), hum(4, seed=4) * 0.003, hum(4, seed=5)]
     y = np.concatenate(parts).astype(np.float32)
-    conf = tmp_path / "machines.toml"
-    conf.write_text(f"""
-[service]
-store = "events.db"
-heartbeat_seconds = 0
-
-[defaults]
-margin = 0.1
-quiet_seconds = 1
-stopped_below_dbfs = -50
-
-[machines.a]
-model = "{tiny_model}"
-device = "no-such-device"   # replaced by the replay below
-""")
-    cfg = parse_config(conf.read_text(), conf)
+    cfg = service_config(tmp_path, {"a": tiny_model},
+                         defaults="margin = 0.1\nquiet_seconds = 1\nstopped_below_dbfs = -50")
     service = Service(cfg, detectors={"a": load_detector(tiny_model)},
                       sources={"a": ArraySource(y, speed=0, name="replay")})
     service.run()
@@ -66,24 +61,7 @@ class _Replays(dict):
 def test_a_model_re_saved_in_place_is_reloaded_and_the_other_machines_keep_running(tmp_path, tiny_model):  # noqa: F811
     # As after `machine-monitor threshold -m a-model recent/` then `systemctl reload machine-monitor`.
     models = {n: shutil.copytree(tiny_model, tmp_path / f"{n}-model") for n in ("a", "b")}
-    conf = tmp_path / "machines.toml"
-    conf.write_text(f"""
-[service]
-store = "events.db"
-heartbeat_seconds = 0
-
-[defaults]
-margin = 0.1
-
-[machines.a]
-model = "{models['a']}"
-device = "no-such-device-a"   # replaced by the replays
-
-[machines.b]
-model = "{models['b']}"
-device = "no-such-device-b"
-""")
-    service = Service(parse_config(conf.read_text(), conf), sources=_Replays()).start()
+    service = Service(service_config(tmp_path, models, defaults="margin = 0.1"), sources=_Replays()).start()
     try:
         a, b = service.runners["a"], service.runners["b"]
         det = load_detector(models["a"])
@@ -113,17 +91,7 @@ def test_an_event_the_store_cannot_take_waits_and_is_stored_once_it_can(tmp_path
     import machine_monitor.service.serve as serve
     from machine_monitor.service.store import StoreError
 
-    conf = tmp_path / "machines.toml"
-    conf.write_text(f"""
-[service]
-store = "events.db"
-heartbeat_seconds = 0
-
-[machines.a]
-model = "{tiny_model}"
-device = "no-such-device"
-""")
-    service = Service(parse_config(conf.read_text(), conf), detectors={"a": load_detector(tiny_model)})
+    service = Service(service_config(tmp_path, {"a": tiny_model}), detectors={"a": load_detector(tiny_model)})
     monkeypatch.setattr(serve, "STORE_RETRY_SECONDS", (0.01, 0.02))
     real, failures = service.store.append, []
 
