@@ -127,6 +127,16 @@ def test_anomaly_opens_exactly_one_episode_within_3_s(detector, kind):
     assert summary.alerts == 1
 
 
+def test_the_status_says_pending_while_windows_are_above_the_level_before_the_alert(detector):
+    y = machine_sound(ONSET + 10.0, seed=9002, anomaly="squeal", onset=ONSET)
+    states = []
+    run_monitor(detector, y, on_window=lambda r: states.append(r.state))
+    first_alert = states.index("ALERT")
+    assert set(states[:first_alert]) - {"normal"}, "no window above the level before the alert"
+    assert all(s == "normal" or s.startswith("pending (") for s in states[:first_alert])
+    assert states[first_alert - 1] == "pending (2 of the last 5 above; alert at 3)"
+
+
 def test_episode_closes_after_the_quiet_period_and_a_new_one_can_open(detector):
     normal = machine_sound(70.0, seed=9003)
     faulty = machine_sound(70.0, seed=9003, anomaly="imbalance", onset=10.0)

@@ -75,7 +75,7 @@ class WindowResult:
     score: float | None  # None when the window was not scored (no signal)
     level: float
     anomalous: bool
-    state: str  # "normal", "ALERT" or "no signal"
+    state: str  # "normal", "pending (...)", "ALERT", "machine stopped" or "no signal"
 
 
 @dataclasses.dataclass
@@ -371,8 +371,14 @@ class Monitor:
     def _status(self, stop: int, score: float | None, anomalous: bool) -> None:
         if self.on_window is None:
             return
-        state = ("machine stopped" if self._stopped else "no signal") if score is None else (
-            "ALERT" if self._episode is not None else "normal")
+        if score is None:
+            state = "machine stopped" if self._stopped else "no signal"
+        elif self._episode is not None:
+            state = "ALERT"
+        else:  # above the level but not (yet) k of n: say so, "normal" there reads as a contradiction
+            above = sum(self._counter.history)
+            state = f"pending ({above} of the last {self._counter.n} above; alert at {self._counter.k})" if above \
+                else "normal"
         self.on_window(WindowResult(stop / self.sr, score, self.level, anomalous, state))
 
 
