@@ -130,6 +130,20 @@ class ClipStats:
 
 
 #: Files longer than this are read in blocks (bounded memory); shorter ones whole, as scoring reads them.
+#: One training recording (the usual first try: "a few minutes of normal running") is cut into
+#: this many consecutive parts, fewer when short: the out-of-fold calibration needs recordings
+#: to hold out, and a part of a minute keeps the within-recording excursions the live level needs.
+ONE_RECORDING_PARTS = 5
+#: ... each part at least this long (two 10 s windows).
+MIN_PART_SECONDS = 20.0
+
+
+def one_recording_parts(seconds: float) -> int:
+    """How many consecutive parts one training recording of ``seconds`` is cut into; 0 if too short."""
+    n = min(ONE_RECORDING_PARTS, int(seconds // MIN_PART_SECONDS))
+    return n if n >= 2 else 0
+
+
 LONG_FILE_SECONDS = 60.0
 #: Feature frames are computed on blocks of this many seconds (the STFT of an hour at once is ~1 GB).
 FEATURE_BLOCK_SECONDS = 10.0

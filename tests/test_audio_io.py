@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from machine_monitor.audio.io import find_audio_files, load_audio, read_blocks, to_mono
+from machine_monitor.audio.io import find_audio_files, load_audio, read_blocks, split_recording, to_mono
 from machine_monitor.errors import AudioReadError, SilentAudioError
 from tests.conftest import hum
 
@@ -119,3 +119,17 @@ def test_find_audio_files_takes_audio_from_folders_and_every_named_file(tmp_path
     assert [p.name for p in find_audio_files([tmp_path])] == ["a.flac", "b.wav"]
     assert [p.name for p in find_audio_files([tmp_path], recursive=True)] == ["a.flac", "b.wav", "c.wav"]
     assert [p.name for p in find_audio_files([tmp_path / "readme.txt"])] == ["readme.txt"]
+
+
+@pytest.mark.parametrize("subtype", ["PCM_16", "PCM_24", "FLOAT"])
+def test_a_recording_is_cut_into_equal_consecutive_parts_with_its_samples_exact(tmp_path, subtype):
+    y = np.random.default_rng(0).uniform(-0.5, 0.5, (48_000 * 7 + 13, 2)).astype(np.float32)
+    sf.write(tmp_path / "take.wav", y, 48_000, subtype=subtype)
+    parts = split_recording(tmp_path / "take.wav", tmp_path, parts=3)
+    assert [p.name for p in parts] == ["take_part1of3.wav", "take_part2of3.wav", "take_part3of3.wav"]
+    assert [sf.info(p).frames for p in parts] == [112_004, 112_005, 112_004]
+    assert {(sf.info(p).samplerate, sf.info(p).channels, sf.info(p).subtype) for p in parts} == {(48_000, 2, subtype)}
+    whole, _ = sf.read(tmp_path / "take.wav", dtype="float64")
+    assert np.array_equal(np.concatenate([sf.read(p, dtype="float64")[0] for p in parts]), whole)
+    with pytest.raises(AudioReadError, match="cannot cut"):
+        split_recording(tmp_path / "take.wav", tmp_path, parts=1)

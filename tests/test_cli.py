@@ -122,3 +122,33 @@ def test_train_folds_option_sets_the_ensemble_size(recordings, tmp_path):
         out = tmp_path / f"m{folds}"
         assert main(["train", *map(str, clips), "--out", str(out), "--detector", "ae", "--folds", folds]) == 0
         assert json.loads((out / "model.json").read_text())["network"]["ensemble"] == expected
+
+
+def test_one_long_recording_trains_on_its_consecutive_parts_and_stays_known(tmp_path, capsys, caplog):
+    # The usual first try: "a few minutes of normal running", in one file.
+    from machine_monitor.detectors.registry import load_detector
+    from machine_monitor.synth import machine_sound
+
+    wav = tmp_path / "pump_1min.wav"
+    sf.write(wav, machine_sound(62.0, seed=4242), 16000, subtype="PCM_16")
+    out = tmp_path / "pump"
+    assert main(["train", str(wav), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "one recording (1.0 min): cut into 3 consecutive parts of 20.7 s" in err
+    assert "record a second session" in caplog.text  # one session: what the calibration cannot tell
+    det = load_detector(out)
+    assert det.calibration_["n_recordings"] == 3
+    assert not list(Path(os.environ.get("TMPDIR", "/tmp")).glob("machine-monitor-parts-*/pump_1min_part*"))
+    faulty = tmp_path / "faulty.wav"
+    sf.write(faulty, machine_sound(20.0, seed=4243, anomaly="squeal"), 16000)
+    assert main(["-q", "scan", "--model", str(out), str(faulty)]) == 1
+    # The recording itself (not its parts) is what the model heard.
+    assert main(["threshold", "--model", str(out), str(wav)]) == 2
+    assert "trained this model" in capsys.readouterr().err
+
+
+def test_one_recording_too_short_to_cut_is_a_one_line_error(tmp_path):
+    sf.write(tmp_path / "short.wav", np.zeros(16000 * 30, np.float32) + 0.01, 16000)
+    res = run_cli("train", str(tmp_path / "short.wav"), "--out", str(tmp_path / "m"))
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "one recording of 30.0 s is too short to train on: record at least 40 s" in res.stderr

@@ -559,6 +559,73 @@ def fingerprints(clips: Iterable) -> list[str]:
     return sorted({fingerprint(c) for c in clips if isinstance(c, (str, os.PathLike))})
 
 
+#: Sample formats copied exactly when a recording is cut (as integers); others are written as float.
+_EXACT_DTYPES = {"PCM_16": "int16", "PCM_24": "int32", "PCM_32": "int32"}
+
+
+def split_recording(path: str | os.PathLike, directory: str | os.PathLike, *, parts: int) -> list[Path]:
+    """Cut one recording into ``parts`` consecutive pieces of equal length, written as WAV files.
+
+    For training on a single long recording: the pieces become the recordings the
+    out-of-fold calibration needs. Each keeps the file's own rate, channels and samples
+    (16/24/32-bit PCM copied exactly, anything else as 32-bit float), and is named
+    ``<stem>_partKKofN.wav`` so that name order is time order. Memory is one second of audio.
+
+    Parameters
+    ----------
+    path : path-like
+    directory : path-like
+        An existing folder for the pieces.
+    parts : int >= 2
+
+    Returns
+    -------
+    list of Path
+        The pieces, in time order (a file whose data ends before its header's length has
+        fewer: the empty ones are not written).
+
+    Raises
+    ------
+    AudioReadError
+        The file cannot be read, or holds fewer frames than pieces.
+    """
+    info = audio_info(path)
+    parts = int(parts)
+    if parts < 2 or info.frames < parts:
+        raise AudioReadError(f"{path}: cannot cut {info.frames} frames into {parts} parts")
+    bounds = np.linspace(0, info.frames, parts + 1).round().astype(np.int64)
+    bounds[-1] = np.iinfo(np.int64).max  # the last piece takes whatever data there is
+    dtype = _EXACT_DTYPES.get(info.subtype, "float32")
+    subtype = info.subtype if dtype != "float32" else "FLOAT"
+    width = len(str(parts))
+    names = [Path(directory) / f"{Path(path).stem}_part{k + 1:0{width}d}of{parts}.wav" for k in range(parts)]
+    written, k, pos, out = [], 0, 0, None
+    try:
+        with sf.SoundFile(path) as f:
+            while True:
+                try:
+                    block = f.read(info.samplerate, dtype=dtype, always_2d=True)
+                except (sf.LibsndfileError, RuntimeError, ValueError, MemoryError) as exc:
+                    raise AudioReadError(f"{path}: audio data is corrupt ({exc})") from None
+                if block.shape[0] == 0:
+                    break
+                while block.shape[0]:
+                    if out is None:
+                        out = sf.SoundFile(names[k], "w", samplerate=info.samplerate, channels=info.channels,
+                                           format="WAV", subtype=subtype)
+                        written.append(names[k])
+                    take = int(min(block.shape[0], bounds[k + 1] - pos))
+                    out.write(block[:take])
+                    block, pos = block[take:], pos + take
+                    if pos >= bounds[k + 1]:
+                        out.close()
+                        out, k = None, k + 1
+    finally:
+        if out is not None:
+            out.close()
+    return written
+
+
 def audio_duration(path: str | os.PathLike) -> float:
     """Length of a file in seconds, from its header (nothing decoded)."""
     info = audio_info(path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import tempfile
 from pathlib import Path
 
 from machine_monitor.commands.common import (
@@ -108,17 +109,27 @@ def run(args) -> int:
     clips = existing_audio_files(args.inputs, recursive=args.recursive)
     out = args.out or DEFAULT_MODELS_DIR / default_model_name(args.inputs[0])
     check_model_destination(out)  # before training: a folder of recordings is never replaced
-    print(f"training on {len(clips)} clips from {', '.join(args.inputs)}", file=sys.stderr)
     anomalies = existing_audio_files(args.anomalies, recursive=args.recursive) if args.anomalies else []
     det = _make_detector(args, ConfigError)
     from machine_monitor.threshold import groups_from_paths
 
-    groups = groups_from_paths([str(c) for c in clips], args.group_by)
-    if anomalies:
-        print(f"and on {len(anomalies)} labelled anomalies from {', '.join(args.anomalies)}", file=sys.stderr)
-        det.fit(clips, anomalies=anomalies, groups=groups)
-    else:
-        det.fit(clips, groups=groups)
+    with tempfile.TemporaryDirectory(prefix="machine-monitor-parts-") as tmp:
+        only = clips[0] if len(clips) == 1 else None
+        if only is not None:  # one recording: its consecutive parts are the recordings the calibration holds out
+            clips = _cut_one_recording(only, Path(tmp), ConfigError)
+            groups = ["the one recording"] * len(clips)  # one session: the calibration says what that cannot tell
+        else:
+            groups = groups_from_paths([str(c) for c in clips], args.group_by)
+        print(f"training on {len(clips)} clips from {', '.join(args.inputs)}", file=sys.stderr)
+        if anomalies:
+            print(f"and on {len(anomalies)} labelled anomalies from {', '.join(args.anomalies)}", file=sys.stderr)
+            det.fit(clips, anomalies=anomalies, groups=groups)
+        else:
+            det.fit(clips, groups=groups)
+        if only is not None:  # the recording itself, not its parts, is what `threshold` must recognise
+            from machine_monitor.audio.io import fingerprints
+
+            det.training_fingerprints_ = fingerprints([only])
     if args.false_alarms_per_day is not None:
         det.set_false_alarms_per_day(args.false_alarms_per_day)
     if args.contamination is not None:
@@ -144,6 +155,22 @@ def run(args) -> int:
             print("  " + line)
     return 0
 
+
+
+def _cut_one_recording(path: Path, directory: Path, ConfigError) -> list[Path]:
+    """One training recording as its consecutive parts (``screening.one_recording_parts``) in ``directory``."""
+    from machine_monitor.audio.io import audio_info, split_recording
+    from machine_monitor.screening import MIN_PART_SECONDS, one_recording_parts
+
+    seconds = audio_info(path).seconds
+    n = one_recording_parts(seconds)
+    if n == 0:
+        raise ConfigError(f"{path}: one recording of {seconds:.1f} s is too short to train on: record at least "
+                          f"{2 * MIN_PART_SECONDS:.0f} s of normal running (a few minutes, better several "
+                          "recordings of different days)")
+    print(f"one recording ({seconds / 60:.1f} min): cut into {n} consecutive parts of {seconds / n:.1f} s, "
+          "held out in turn by the calibration", file=sys.stderr)
+    return split_recording(path, directory, parts=n)
 
 
 def _make_detector(args, ConfigError):

@@ -248,7 +248,9 @@ class BaseDetector:
     def _check_params(self, n_clips: int) -> None:
         check_aggregate(self.aggregate)
         if n_clips < 2:
-            raise ConfigError(f"need at least 2 normal clips to train (one is held out), got {n_clips}")
+            raise ConfigError(f"need at least 2 normal clips to train (one is held out), got {n_clips}: cut one "
+                              "long recording into consecutive parts (audio.io.split_recording; `machine-monitor "
+                              "train` does it for a single file)")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction must be in (0, 1), not {self.val_fraction!r}")
         if self.threshold_method not in ("percentile", "gamma"):
