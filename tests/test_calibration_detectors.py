@@ -86,6 +86,15 @@ def test_a_single_session_is_a_loud_warning():
     assert any("one group" in w for w in det.calibration_["warnings"])
 
 
+def test_clip_units_cut_from_a_few_long_recordings_count_as_those_recordings():
+    # 11 three-second clips and 2 recordings of 30 s: 31 clip units, but the 10 units of one long
+    # recording are not 10 independent scores; the threshold's uncertainty counts 13 recordings.
+    det = make_detector(seed=0).fit(_hums(11) + _hums(2, seconds=30.0, start=50))  # the default, cross-fitted
+    clip = det.calibration_["clip"]
+    assert clip["n"] == 31 and clip["evidence"] == "out-of-fold clip scores of 13 recordings"
+    assert clip["tail"]["n_eff"] == 13 and det.calibration_["long_file"]["tail"]["n_eff"] == 13
+
+
 def test_two_sessions_are_a_loud_warning_more_are_not():
     two = make_detector("ocsvm", seed=0).fit(_hums(8), groups=["day1"] * 4 + ["day2"] * 4)
     assert any("only 2 groups" in w and "two sessions differ" in w for w in two.calibration_["warnings"])

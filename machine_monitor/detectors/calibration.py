@@ -143,13 +143,13 @@ def recording_units(det, clip, i: int = 0) -> list[float]:
 def _clip_evidence(unit_scores: np.ndarray, streams: list, stride: int, n_recordings: int):
     """What a clip threshold rests on: the clip-unit scores; when there are too few, the
     non-overlapping live windows (each a clip unit or shorter: their scores spread at least as
-    wide, so the threshold errs high). Returns ``(scores, n_eff)``: ``n_eff`` is ``None`` for
-    unit scores, else the recordings the windows come from (windows of one recording are not
-    independent scores: a bound's uncertainty counts recordings)."""
+    wide, so the threshold errs high). Returns ``(scores, n_eff)``: ``n_eff`` is the recordings
+    the scores come from when fewer than the scores (units or windows of one recording are not
+    independent scores: a bound's uncertainty counts recordings), else ``None``."""
     independent = np.concatenate([s[::stride] for s in streams]) if streams else np.zeros(0)
     if unit_scores.size < MIN_SCORES and independent.size > unit_scores.size:
         return independent, min(n_recordings, int(independent.size))
-    return unit_scores, None
+    return unit_scores, (n_recordings if n_recordings < unit_scores.size else None)
 
 
 #: Training recordings coded lossily for the lossy-input thresholds, at most (~35 ms for 10 s each),
@@ -610,8 +610,8 @@ def _calibrate_from(det, signals, groups, fold_of, scorers, *, how, rate, target
 
     stride = max(1, math.ceil(window / hop))
     evidence, n_eff = _clip_evidence(unit_scores, streams, stride, len(signals))
-    source = "out-of-fold clip scores"
-    if n_eff is not None:
+    source = "out-of-fold clip scores" + (f" of {n_eff} recordings" if n_eff is not None else "")
+    if evidence is not unit_scores:
         source, unit_groups = f"out-of-fold scores of non-overlapping live windows of {n_eff} recordings", None
     # The kind declares its score's scale (and how many parts it is the largest of): the tail
     # models of the units follow it.
