@@ -97,9 +97,13 @@ def test_clip_units_cut_from_a_few_long_recordings_count_as_those_recordings():
 
 def test_two_sessions_are_a_loud_warning_more_are_not():
     two = make_detector("ocsvm", seed=0).fit(_hums(8), groups=["day1"] * 4 + ["day2"] * 4)
-    assert any("only 2 groups" in w and "two sessions differ" in w for w in two.calibration_["warnings"])
+    assert any("only 2 groups of recordings (sessions)" in w and "these two differ" in w
+               for w in two.calibration_["warnings"])
+    pair = make_detector("ocsvm", seed=0).fit(_hums(2, seconds=12.0))
+    assert any("only 2 recordings: each is scored by networks that never heard it" in w
+               for w in pair.calibration_["warnings"])
     four = make_detector("ocsvm", seed=0).fit(_hums(8), groups=[f"day{i // 2}" for i in range(8)])
-    assert not any("groups of recordings (sessions)" in w for w in four.calibration_["warnings"])
+    assert not any("only" in w and "trained on the other" in w for w in four.calibration_["warnings"])
 
 
 def test_scan_judges_a_long_file_by_the_worst_window_threshold_for_its_length(ocsvm, tmp_path):

@@ -58,7 +58,7 @@ from machine_monitor.threshold import (
 log = logging.getLogger(__name__)
 
 
-#: Fewer groups (sessions) than this, and more recordings: the calibration says how thin that is.
+#: Fewer groups (sessions, or recordings) than this: the calibration says how thin that is.
 FEW_GROUPS = 3
 
 #: Kinds whose ``window_scores(y)`` give one score per window of ``feature_config.window_starts``,
@@ -444,13 +444,15 @@ def calibrate(det, clips: list, *, groups=None, signals=None, rate: float | None
         notes.append("all recordings form one group: folds split them by recording, so the calibration cannot "
                      "measure how a new session differs; record a second session")
         groups = [f"#{i}" for i in range(len(clips))]
-    elif len(set(groups)) < FEW_GROUPS < len(groups):
+    elif len(set(groups)) < FEW_GROUPS:
         # Every out-of-fold score then compares one session with the networks of the other: the
         # thresholds are how far apart two sessions sound, from two (more groups: group_spread_warnings).
-        notes.append(f"only {len(set(groups))} groups of recordings (sessions): each is scored by networks that "
-                     "never heard it, trained on the other, so every threshold measures how much these two sessions "
-                     "differ, from two of them: record more sessions of normal running (or train without "
-                     "--group-by if the sessions sound alike)")
+        grouped = len(set(groups)) < len(groups)
+        what = "groups of recordings (sessions)" if grouped else "recordings"
+        notes.append(f"only {len(set(groups))} {what}: each is scored by networks that never heard it, trained on "
+                     f"the other, so every threshold measures how much these two differ, from two of them: record "
+                     "more sessions of normal running" + (" (or train without --group-by if the sessions sound "
+                                                           "alike)" if grouped else ""))
     fold_of = scorers = None
     own = getattr(det, "fold_of_", None)
     if own is not None and len(own) == len(clips) and "fold" in inspect.signature(det.score_signal).parameters:
