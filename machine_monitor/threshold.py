@@ -69,6 +69,8 @@ DEFAULT_CONFIDENCE = 0.9
 N_BOOTSTRAP = 400
 #: Default number of out-of-fold splits (fewer when there are fewer groups).
 DEFAULT_FOLDS = 5
+#: The live calibration warns when the fit's uncertainty multiplies the expected alert rate beyond this.
+FIT_UNCERTAINTY_WARN = 10.0
 #: A window this many dB below the quietest 1 % of training audio means the machine is stopped.
 STOPPED_MARGIN_DB = 10.0
 #: Level blocks (seconds) for the operating-state check.
@@ -487,6 +489,31 @@ class RecordingMaxima(_TailRecord):
         nodes, weights = np.polynomial.hermite_e.hermegauss(96)  # E over a standard normal offset
         o = self.offset_mean + self.offset_sd * nodes
         return (self._within_sf(x[..., None] - o) * (weights / weights.sum())).sum(axis=-1)
+
+    def sf_with_fit_uncertainty(self, x: float, *, draws: int = 4000, seed: int = 0) -> float:
+        """:meth:`sf` averaged over the uncertainty of the offsets' law fitted to ``n_recordings``.
+
+        The offsets' mean and sd are drawn as from ``n_recordings`` normal observations
+        (``sd`` scaled by ``sqrt((n - 1) / chi2(n - 1))``, the mean by ``sd / sqrt(n)``): an
+        approximation for the ``components`` law, whose parts' estimates come from maxima. The
+        Gumbel of the excursions stays as fitted. Far out (0.1 alerts a day is a one-in-10^5
+        block) a spread estimated from few recordings dominates: this is what the point
+        estimate does not say. Fewer than 3 recordings or no spread: :meth:`sf`.
+        """
+        from scipy import special
+
+        n = int(self.n_recordings)
+        if n < 3 or not self.offset_sd > 0:
+            return float(self.sf(x))
+        rng = np.random.default_rng(seed)
+        sd = self.offset_sd * np.sqrt((n - 1) / rng.chisquare(n - 1, int(draws)))
+        mean = self.offset_mean + sd / math.sqrt(n) * rng.standard_normal(int(draws))
+        if not math.isfinite(self.within_scale):
+            u = (float(x) - self.max_excursion - mean) / sd
+            return float(np.mean(-np.expm1(self.components * special.log_ndtr(u))))
+        nodes, weights = np.polynomial.hermite_e.hermegauss(96)
+        o = mean[:, None] + sd[:, None] * nodes[None, :]
+        return float((self._within_sf(float(x) - o) @ (weights / weights.sum())).mean())
 
     def isf(self, p: float, *, confidence: float | None = None) -> float:
         from scipy import optimize, stats
@@ -1071,6 +1098,13 @@ def live_calibration(streams: Sequence, rule: AlertRule, *,
     per_block = min(target / blocks_per_day, 1.0)
     value = tail.isf(per_block, confidence=confidence)
     expected = float(tail.sf(value) * blocks_per_day)
+    uncertain = None
+    if isinstance(tail, RecordingMaxima):  # the point estimate's promise, and what the fit's uncertainty makes of it
+        uncertain = float(tail.sf_with_fit_uncertainty(value) * blocks_per_day)
+        if uncertain > FIT_UNCERTAINTY_WARN * max(expected, target):
+            warnings.append(f"the live level rests on {tail.n_recordings} recordings: with the uncertainty of the "
+                            f"spread fitted to them, expect about {uncertain:.2g} false alerts a day (the fit's point "
+                            f"estimate: {expected:.2g}); more recordings of normal running (other days) tighten it")
     method = _LIVE_METHODS.get(tail.family, f"{tail.family} fitted to block maxima of the k-th largest of n window "
                                             "scores")
     if isinstance(tail, RecordingMaxima) and not math.isfinite(tail.within_scale):
@@ -1083,6 +1117,7 @@ def live_calibration(streams: Sequence, rule: AlertRule, *,
             "n": int(maxima.size), "n_windows": n_windows, "n_streams": len(streams), "audio_seconds": float(audio),
             "block": block, "confidence": float(confidence),
             "target_false_alarms_per_day": target, "expected_false_alarms_per_day": expected,
+            "expected_false_alarms_per_day_with_fit_uncertainty": uncertain,
             "observed_alerts": int(observed), "tail": tail.to_dict(),
             "gamma": tail.to_dict() if isinstance(tail, GammaTail) else None,
             "rule": dataclasses.asdict(rule), "components": int(components), "warnings": warnings}

@@ -687,7 +687,9 @@ def describe(cal: dict) -> list[str]:
         f"live alerts: window level {lv['value']:.4g}, {lv['rule']['k']} of {lv['rule']['n']} windows "
         f"({lv['window_seconds']:.2f} s every {lv['hop_seconds']:.3f} s): expect "
         f"{lv['expected_false_alarms_per_day']:.2g} false alerts per day of monitoring (target "
-        f"{lv['target_false_alarms_per_day']:g}; extrapolated from {lv['audio_seconds'] / 60:.1f} min)",
+        f"{lv['target_false_alarms_per_day']:g}; extrapolated from {lv['audio_seconds'] / 60:.1f} min"
+        + (f"; {lv['expected_false_alarms_per_day_with_fit_uncertainty']:.2g} with the uncertainty of the fit"
+           if lv.get("expected_false_alarms_per_day_with_fit_uncertainty") is not None else "") + ")",
     ] + ([f"lossy files (OGG, MP3): clip threshold {cal['lossy']['value']:.4g}"
           + (f", live level {cal['lossy']['live']['value']:.4g}" if cal["lossy"].get("live") else "")
           + f", from {cal['lossy']['n']} out-of-fold scores of the training audio coded as "
