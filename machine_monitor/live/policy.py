@@ -70,8 +70,11 @@ class AlertPolicy:
         target = self.false_alarms_per_day or live["target_false_alarms_per_day"]
         same_windows = round(live["window_seconds"] * sr) == window and round(live["hop_seconds"] * sr) == hop
         if same_windows and rule == AlertRule(**live["rule"]) and target == live["target_false_alarms_per_day"]:
+            fit = live.get("expected_false_alarms_per_day_with_fit_uncertainty")
             return float(live["value"]), (f"calibrated for {target:g} false alerts/day "
-                                          f"(expected {live['expected_false_alarms_per_day']:.2g})")
+                                          f"(expected {live['expected_false_alarms_per_day']:.2g}"
+                                          + (f"; {fit:.2g} with the fit's uncertainty" if fit is not None else "")
+                                          + ")")
         streams = getattr(detector, "calibration_streams_", None)
         if same_windows and streams:
             cal = live_calibration(streams, rule, false_alarms_per_day=target, block=live.get("block", 1),
