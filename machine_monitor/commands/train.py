@@ -113,7 +113,9 @@ def run(args) -> int:
     det = _make_detector(args, ConfigError)
     from machine_monitor.threshold import groups_from_paths
 
-    with tempfile.TemporaryDirectory(prefix="machine-monitor-parts-") as tmp:
+    # Beside the model, not in /tmp (often RAM-backed): the parts of one long recording are its size again.
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".machine-monitor-parts-", dir=Path(out).parent) as tmp:
         only = clips[0] if len(clips) == 1 else None
         if only is not None:  # one recording: its consecutive parts are the recordings the calibration holds out
             clips = _cut_one_recording(only, Path(tmp), ConfigError)
