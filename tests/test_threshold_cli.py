@@ -116,7 +116,8 @@ def test_recordings_of_the_stopped_machine_are_left_out_and_named(model, recordi
     # Scored, the quiet recording would have pushed the clip threshold far above every fault.
     assert after.calibration_["n_recordings"] == len(normals)
     assert after.threshold_value_ < 2 * before.threshold_value_
-    assert f"1 of the {1 + len(normals)} recordings were left out: the machine was stopped in them" in caplog.text
+    assert f"1 of the {1 + len(normals)} recordings were left out: the machine was stopped in (part of) them" \
+        in caplog.text
     assert "weekend.wav" in caplog.text
     off = tmp_path / "off"
     off.mkdir()
@@ -124,6 +125,26 @@ def test_recordings_of_the_stopped_machine_are_left_out_and_named(model, recordi
     capsys.readouterr()
     assert main(["threshold", "--model", str(model), str(off)]) == 2
     assert "in the one recording the machine was stopped" in capsys.readouterr().err
+
+
+def test_a_recording_with_the_machine_stopped_for_a_window_or_longer_is_left_out_too(model, recordings, tmp_path,
+                                                                                     caplog):
+    import soundfile as sf
+
+    from machine_monitor.detectors.calibration import recalibrate
+
+    normals = sorted((recordings / "test").glob("normal_*.wav"))
+    y, sr = sf.read(normals[0], dtype="float32")
+    paused = tmp_path / "paused.wav"  # running, stopped for 4 s (longer than a live window), running again
+    sf.write(paused, np.concatenate([y, 0.003 * y, 0.003 * y[: sr], y]), sr)
+    det = Detector.load(model)
+    window = det.calibration_["live"]["window_seconds"]
+    assert window < 4.0
+    cal = recalibrate(det, [*normals, paused])
+    assert cal["n_recordings"] == len(normals) and "paused.wav" in caplog.text
+    blip = tmp_path / "blip.wav"  # a quiet second: shorter than a window, the monitor would score around it
+    sf.write(blip, np.concatenate([y, 0.003 * y[: sr], y]), sr)
+    assert recalibrate(Detector.load(model), [*normals, blip])["n_recordings"] == len(normals) + 1
 
 
 def test_the_library_recalibration_refuses_them_too(model, recordings):

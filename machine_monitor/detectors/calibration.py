@@ -547,7 +547,8 @@ def recalibrate(det, clips: list, *, groups=None, rate: float | None = None,
     signals = _Signals(det)  # long recordings streamed, never held whole
     for i, c in enumerate(clips):
         signals.add(c, i)
-    off = _stopped_recordings(signals, old.get("levels"), sr=det.feature_config.sr)
+    off = _stopped_recordings(signals, old.get("levels"), sr=det.feature_config.sr,
+                              window_seconds=old.get("live", {}).get("window_seconds"))
     if off:
         names = heard_names(clips, off)
         if len(off) == len(clips):
@@ -556,9 +557,9 @@ def recalibrate(det, clips: list, *, groups=None, rate: float | None = None,
                               f"model's training audio, below {old['levels']['stopped_below_db']:.1f} dBFS; "
                               f"{names}): give recordings of it running normally (or retrain, if the microphone "
                               "or its gain changed)")
-        note.append(f"{len(off)} of the {len(clips)} recordings were left out: the machine was stopped in them "
-                    f"(far quieter than the training audio, below {old['levels']['stopped_below_db']:.1f} dBFS; "
-                    f"{names})")
+        below = old["levels"]["stopped_below_db"]
+        note.append(f"{len(off)} of the {len(clips)} recordings were left out: the machine was stopped in (part "
+                    f"of) them (far quieter than the training audio, below {below:.1f} dBFS; {names})")
         log.warning("%s", note[-1])
         keep = [i for i in range(len(clips)) if i not in set(off)]
         signals.items = [signals.items[i] for i in keep]
@@ -574,11 +575,28 @@ def recalibrate(det, clips: list, *, groups=None, rate: float | None = None,
     return cal
 
 
-def _stopped_recordings(signals: _Signals, profile: dict | None, *, sr: int) -> list[int]:
-    """Indices of the recordings whose median 0.5 s block level says the machine was stopped."""
+def _stopped_recordings(signals: _Signals, profile: dict | None, *, sr: int,
+                        window_seconds: float | None = None) -> list[int]:
+    """Indices of the recordings in which the machine was stopped: throughout (their median 0.5 s
+    block level below the profile's ``stopped_below_db``), or for a live window or longer in a row
+    (the monitor would not score those windows; scored here, they would raise every threshold)."""
     if not profile:
         return []
-    return [i for i, rec in enumerate(signals) if machine_stopped(float(np.median(rec.levels(sr))), profile)]
+    run = max(1, math.ceil((window_seconds or LEVEL_BLOCK_SECONDS) / LEVEL_BLOCK_SECONDS))
+    out = []
+    for i, rec in enumerate(signals):
+        levels = rec.levels(sr)
+        quiet = levels < float(profile["stopped_below_db"])
+        if machine_stopped(float(np.median(levels)), profile) or _longest_run(quiet) >= run:
+            out.append(i)
+    return out
+
+
+def _longest_run(flags: np.ndarray) -> int:
+    """Length of the longest run of ``True`` in a 1-d boolean array."""
+    edges = np.diff(np.concatenate([[0], np.asarray(flags, dtype=np.int8), [0]]))
+    starts, stops = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    return int((stops - starts).max()) if starts.size else 0
 
 
 def _calibrate_from(det, signals, groups, fold_of, scorers, *, how, rate, target, rule) -> dict:
