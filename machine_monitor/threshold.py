@@ -1067,8 +1067,10 @@ def live_calibration(streams: Sequence, rule: AlertRule, *,
     -------
     dict with ``value`` (the window level), ``method``, ``n`` (block maxima it rests on),
     ``n_windows``, ``audio_seconds``, ``expected_false_alarms_per_day`` (the model's rate at
-    ``value``), ``observed_alerts`` (episodes :class:`AlertCounter` opens on the streams
-    at ``value``), ``tail`` (the fitted model), ``gamma`` (the same, for a gamma), ``scale``,
+    ``value``), ``expected_false_alarms_per_day_with_fit_uncertainty`` (for :class:`RecordingMaxima`:
+    the same averaged over the uncertainty of the recordings' spread; else ``None``),
+    ``observed_alerts`` (episodes :class:`AlertCounter` opens on the streams at ``value``),
+    ``tail`` (the fitted model), ``gamma`` (the same, for a gamma), ``scale``,
     ``rule``, ``block`` and ``warnings``.
     """
     target = float(false_alarms_per_day)

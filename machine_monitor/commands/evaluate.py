@@ -66,7 +66,7 @@ def _score(det, clips, progress: bool, members: dict | None = None):
     """Score each clip exactly as ``scan`` does (so the metrics describe its alarms: a file
     longer than the model's clips gets its worst window's score); a clip that cannot be
     used gets NaN and its one-line reason; a clip of a stopped machine (far quieter than the
-    training audio: the monitor would not score it) gets NaN and says so."""
+    training audio: the monitor would not score it) gets NaN and is listed apart."""
     import numpy as np
     from tqdm.auto import tqdm
 
@@ -75,6 +75,7 @@ def _score(det, clips, progress: bool, members: dict | None = None):
     scores = np.full(len(clips), np.nan)
     thresholds = np.full(len(clips), np.nan)  # a long file's is the long-file threshold for its windows
     errors: dict[int, str] = {}
+    stopped: list[int] = []
     for i, path in enumerate(tqdm(clips.paths, desc="scoring", unit="clip", disable=not progress, leave=False)):
         row = score_file(det, path)
         if members is not None and row.members is not None:  # a multi-view model: which view found it
@@ -82,25 +83,24 @@ def _score(det, clips, progress: bool, members: dict | None = None):
         if row.error is not None:
             errors[i] = row.error
         elif row.stopped:
-            errors[i] = STOPPED
+            stopped.append(i)
         else:
             scores[i], thresholds[i] = row.score, row.threshold
-    return scores, thresholds, errors
+    return scores, thresholds, errors, stopped
 
 
 #: Why a clip of a stopped machine is not in the metrics.
 STOPPED = "machine stopped: far quieter than the training audio, not scored"
 
 
-def _fmt_report(model, m: dict, n_total: int, errors: list[dict]) -> str:
+def _fmt_report(model, m: dict, n_total: int, errors: list[dict], stopped: list[str]) -> str:
     (tn, fp), (fn, tp) = m["confusion_matrix"]
-    n_off = sum(e["error"] == STOPPED for e in errors)
-    n_bad = len(errors) - n_off
     lines = [f"model      {model}",
              f"clips      {m['n']} scored of {n_total} ({m['n_anomaly']} anomalous, {m['n_normal']} normal); "
-             f"{n_bad} could not be read" + (f", {n_off} with the machine stopped" if n_off else "")
-             + (" (left out of the metrics)" if errors else "")]
-    lines += [f"  {'stopped' if e['error'] == STOPPED else 'error':<9}{e['path']}: {e['error']}" for e in errors]
+             f"{len(errors)} could not be read" + (f", {len(stopped)} with the machine stopped" if stopped else "")
+             + (" (left out of the metrics)" if errors or stopped else "")]
+    lines += [f"  error    {e['path']}: {e['error']}" for e in errors]
+    lines += [f"  stopped  {p}: {STOPPED}" for p in stopped]
     lines += [f"AUC        {m['auc']:.4f}",
               f"pAUC       {m['pauc']:.4f}  (FPR <= {m['max_fpr']:g}, standardised: 0.5 = chance)",
               f"threshold  {m['threshold']:.6g}  (the model's; a clip above it is flagged)",
@@ -144,24 +144,25 @@ def run(args) -> int:
               "it never heard", file=sys.stderr)
     t0 = time.perf_counter()
     members: dict[int, dict] = {}
-    scores, thresholds, errors = _score(det, clips, args.progress, members=members)
+    scores, thresholds, errors, stopped = _score(det, clips, args.progress, members=members)
     seconds = time.perf_counter() - t0
     ok = np.isfinite(scores)
     if not ok.any():
-        raise ConfigError(f"none of the {len(clips)} clips could be scored (first: {clips.paths[0]}: {errors[0]})")
+        raise ConfigError(f"none of the {len(clips)} clips could be scored (first: {clips.paths[0]}: "
+                          f"{errors.get(0, STOPPED)})")
     domains = [d for d, good in zip(clips.domains, ok) if good]
     metrics = evaluate_scores(clips.labels[ok], scores[ok], det.threshold_value_,
                               domains=domains if any(domains) else None, **given(args, "max_fpr"),
                               per_clip_thresholds=thresholds[ok])
     error_rows = [{"path": str(clips.paths[i]), "error": e} for i, e in errors.items()]
-    print(_fmt_report(model, metrics, len(clips), error_rows))
+    off = [str(clips.paths[i]) for i in stopped]
+    print(_fmt_report(model, metrics, len(clips), error_rows, off))
     print(f"scored {len(clips)} clips in {seconds:.1f} s", file=sys.stderr)
 
     if args.json:
-        off = [e["path"] for e in error_rows if e["error"] == STOPPED]
         doc = {"model": str(model), "inputs": list(args.inputs), "n_clips": len(clips),
-               "n_errors": len(error_rows) - len(off), "n_stopped": len(off), "n_heard": len(heard),
-               **metrics, "errors": [e for e in error_rows if e["error"] != STOPPED], "stopped": off,
+               "n_errors": len(error_rows), "n_stopped": len(off), "n_heard": len(heard),
+               **metrics, "errors": error_rows, "stopped": off,
                "clips": [{"path": str(p), "label": int(lab), "domain": d,
                           "score": float(s) if np.isfinite(s) else None,
                           **({"members": members[i]} if i in members else {})}
