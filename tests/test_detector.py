@@ -91,9 +91,9 @@ def test_save_load_round_trip_gives_identical_scores(fitted_detector, tmp_path):
 def test_model_json_describes_everything_needed(fitted_detector, tmp_path):
     m = json.loads((fitted_detector.save(tmp_path / "m") / "model.json").read_text())
     assert m["schema_version"] == 1 and m["sample_rate"] == 16_000
-    # 1 s training clips: the 10 s peak span shrinks to the 30 frames a clip has.
-    assert m["features"] == {"kind": "peak", "sr": 16_000, "n_fft": 1024, "hop_length": 512, "n_mels": 128,
-                             "context": 30, "stride": 16, "fmax": 7400.0}
+    # 1 s training clips: the 10 s peak span shrinks to the 28 frames of 128 ms a clip has.
+    assert m["features"] == {"kind": "peak", "sr": 16_000, "n_fft": 2048, "hop_length": 512, "n_mels": 128,
+                             "context": 28, "stride": 16, "fmax": 7400.0}
     assert m["network"] == {"input_dim": 128, "hidden": [128, 128, 128, 128], "bottleneck": 8, "ensemble": 5}
     assert m["scorer"]["name"] == "mahalanobis"
     assert m["threshold"]["method"] == "gamma" and "value" in m["threshold"]
@@ -148,9 +148,9 @@ def test_missing_model_directory(tmp_path):
 
 def test_default_detector_pools_peak_spectra_over_the_training_clip_length(fitted_detector):
     cfg = fitted_detector.feature_config
-    assert (cfg.kind, cfg.context, cfg.stack, cfg.window_dims) == ("peak", 30, 1, 128)
-    assert fitted_detector.window_seconds() == pytest.approx((1024 + 29 * 512) / 16_000)
-    # 2 s = 61 frames: spans start at frames 0 and 16, and the last one ends at the last frame.
+    assert (cfg.kind, cfg.context, cfg.stack, cfg.window_dims) == ("peak", 28, 1, 128)
+    assert fitted_detector.window_seconds() == pytest.approx((2048 + 27 * 512) / 16_000)
+    # 2 s = 59 frames: spans start at frames 0 and 16, and the last one ends at the last frame.
     assert fitted_detector.window_scores(hum(2.0, seed=3)).shape == (3,)
     with pytest.raises(AudioReadError, match="shorter than one feature window"):
         fitted_detector.score([hum(0.5)])
@@ -183,6 +183,6 @@ def test_contamination_threshold_from_a_known_mix(fitted_detector):
 def test_a_stray_short_clip_is_left_out_instead_of_shrinking_the_span(caplog):
     clips = [hum(1.0, seed=s) for s in range(8)] + [hum(0.5, seed=99)]
     det = Detector(**PEAK).fit(clips)
-    assert det.feature_config.context == 30  # the 1 s clips' 30 frames, not the short clip's 14
+    assert det.feature_config.context == 28  # the 1 s clips' 28 frames, not the short clip's 12
     assert det.skipped_clips_ == ["array[8]"] and det.n_clips_ == 8
     assert "array[8]: shorter than the other clips' 0.99 s span: not used for training" in caplog.text
