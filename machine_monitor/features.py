@@ -66,8 +66,8 @@ class FeatureConfig:
         ``peak`` frames are 2048 points: a Hann window's main lobe is 4 FFT bins, 62 Hz at 1024
         points, wider than the 128 mels' ~20 Hz bands below 500 Hz where machines keep their
         rotation orders, blade pass and mains hum; at 2048 it is 31 Hz, so those bands see a
-        harmonic move (benchmarks/README.md: DCASE 2023 valve AUC 0.968 -> 0.995, pAUC
-        0.864 -> 0.974; no SYNTHETIC set lost more than 0.01 but valve drift).
+        harmonic move (benchmarks/README.md: DCASE 2023 valve AUC 0.968 -> 0.993, pAUC
+        0.864 -> 0.965; no SYNTHETIC set lost more than 0.01 but valve drift, 0.86 -> 0.67).
         """
         base = {"raw": {"hop_length": 256, "context": 4},
                 "peak": {"n_fft": 2048, "context": 309, "stride": 16}}.get(kind, {})

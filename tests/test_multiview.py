@@ -432,8 +432,8 @@ def test_registry_makes_the_kind():
 @pytest.mark.slow
 def test_default_ranks_the_valve_split(valve_split):
     """Valve split: 25 training clips, 20 normal and 20 anomalous test clips (a fixed subset;
-    measured 0.955 at seed 0, the full split 0.968: benchmarks/README.md). The plain maximum of
-    the member z reaches 0.91 here: the decorrelation is what the margin checks."""
+    measured 0.985 at seed 0, the full split 0.993: benchmarks/README.md). The plain maximum of
+    the member z reaches 0.94 here: the issue's 0.96 checks the decorrelation too."""
     labels = valve_split["labels"]
     normal = [p for p, lab in zip(valve_split["test"], labels) if lab == 0][::2][:20]
     faulty = [p for p, lab in zip(valve_split["test"], labels) if lab == 1][::5][:20]
@@ -441,7 +441,7 @@ def test_default_ranks_the_valve_split(valve_split):
     det.calibrate_on_fit = False  # the ranking does not depend on it
     det.fit(valve_split["train"][::2])
     auc = roc_auc_score(np.r_[np.zeros(len(normal)), np.ones(len(faulty))], det.score(normal + faulty))
-    assert auc > 0.93
+    assert auc > 0.96
 
 
 def test_scan_rows_carry_each_members_standardised_score(det, tmp_path):

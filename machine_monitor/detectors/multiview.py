@@ -91,8 +91,9 @@ DEFAULT_FUSION = "whitened-max"
 #: The frame view: 5 frames of every mel stacked; scored on a window every 8th frame (5 of
 #: every 8 frames seen: cheap, and span views see every frame), trained on every 4th. Every
 #: mel, not pairs averaged: with 128 ms frames the low mels resolve a harmonic's few-percent
-#: drift, and pairs averaged it away (benchmarks/README.md: SYNTHETIC valve drift 0.54 -> 0.95
-#: for this member alone, sensiml-fan threshold spread 29 % -> 5 %).
+#: drift, and pairs averaged it away (benchmarks/README.md, measured before the per-fold
+#: centring: SYNTHETIC valve drift 0.54 -> 0.95 for this member alone, sensiml-fan threshold
+#: spread 29 % -> 5 %).
 FRAME_BANDS = 1
 #: Models saved before the frame view's bands were recorded averaged mels in pairs.
 _OLD_FRAME_BANDS = 2
