@@ -57,6 +57,47 @@ class DenseAutoencoder(nn.Module):
         return self.decoder(self.encoder(x))
 
 
+
+def fold_means(per_clip, fold_of: np.ndarray) -> np.ndarray:
+    """Mean row of the clips outside each fold: what fold network ``k`` is centred on.
+
+    Parameters
+    ----------
+    per_clip : sequence of np.ndarray [shape=(n_i, d)]
+        Each clip's rows.
+    fold_of : np.ndarray [shape=(n_clips,)]
+        Each clip's fold.
+
+    Returns
+    -------
+    np.ndarray [shape=(n_folds, d), dtype=float32]
+    """
+    fold_of = np.asarray(fold_of)
+    n_folds = int(fold_of.max()) + 1
+    sums = np.zeros((n_folds, per_clip[0].shape[1]))
+    counts = np.zeros(n_folds)
+    for rows, k in zip(per_clip, fold_of):
+        sums[k] += np.asarray(rows, dtype=np.float64).sum(axis=0)
+        counts[k] += len(rows)
+    outside = (sums.sum(axis=0) - sums) / np.maximum(counts.sum() - counts, 1)[:, None]
+    return outside.astype(np.float32)
+
+
+@torch.no_grad()
+def fold_centring(net: DenseAutoencoder, centre: np.ndarray) -> DenseAutoencoder:
+    """Fold "subtract ``centre`` from the input, add it back to the output" into a trained
+    autoencoder's first and last linear layers, in place: trained on ``u - centre``, it then
+    takes ``u`` and returns its reconstruction of ``u`` (the same residual).
+
+    A cross-fitted network is centred on the clips outside its fold: a centre that includes
+    a clip pulls it toward normal, and its out-of-fold score with it (benchmarks/README.md).
+    """
+    c = torch.as_tensor(np.asarray(centre, dtype=np.float32)).to(net.encoder[0].bias.device)
+    net.encoder[0].bias -= net.encoder[0].weight @ c
+    net.decoder[-1].bias += c
+    return net
+
+
 @torch.no_grad()
 def reconstruct(net: DenseAutoencoder, x: np.ndarray, *, chunk: int = 16384) -> np.ndarray:
     """Reconstruction ``x_hat`` of windows ``x`` ``(n, d)`` as a float32 numpy array."""

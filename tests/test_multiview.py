@@ -89,8 +89,7 @@ def test_each_fold_network_is_centred_on_the_clips_outside_its_fold():
 
     import torch
 
-    from machine_monitor.autoencoder import DenseAutoencoder, NetworkConfig
-    from machine_monitor.detectors.multiview import fold_centring, fold_means
+    from machine_monitor.autoencoder import DenseAutoencoder, NetworkConfig, fold_centring, fold_means
 
     rows = [np.full((2, 3), 1.0), np.full((3, 3), 0.0), np.full((1, 3), 2.0)]
     np.testing.assert_allclose(fold_means(rows, np.array([0, 1, 1])), [[0.5] * 3, [1.0] * 3])

@@ -671,38 +671,6 @@ class MultiViewDetector(BaseDetector):
         return f"MultiViewDetector(members={list(self._check_members())!r}, fusion={self.fusion!r}{state})"
 
 
-def fold_means(per_clip: Sequence[np.ndarray], fold_of: np.ndarray) -> np.ndarray:
-    """Mean row of the clips outside each fold.
-
-    Parameters
-    ----------
-    per_clip : sequence of np.ndarray [shape=(n_i, d)]
-        Each clip's rows.
-    fold_of : np.ndarray [shape=(n_clips,)]
-        Each clip's fold.
-
-    Returns
-    -------
-    np.ndarray [shape=(n_folds, d), dtype=float32]
-    """
-    fold_of = np.asarray(fold_of)
-    return np.asarray([_band_mean_std([p for p, f in zip(per_clip, fold_of) if f != k])[0]
-                       for k in range(int(fold_of.max()) + 1)], dtype=np.float32)
-
-
-def fold_centring(net, centre: np.ndarray):
-    """Fold "subtract ``centre`` from the input, add it back to the output" into a trained
-    autoencoder's first and last linear layers, in place: trained on ``u - centre``, it then
-    takes ``u`` and returns its reconstruction of ``u`` (the same residual)."""
-    import torch
-
-    c = torch.as_tensor(np.asarray(centre, dtype=np.float32))
-    with torch.no_grad():
-        net.encoder[0].bias -= net.encoder[0].weight @ c
-        net.decoder[-1].bias += c
-    return net
-
-
 def _band_mean_std(parts: Sequence[np.ndarray], *, chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
     """Per-band mean and standard deviation (float64) of the rows of all ``parts`` together,
     merged chunk by chunk (Chan et al.): memory of one chunk, not of every row at once.
@@ -883,7 +851,7 @@ class _Member:
     def fit(self, logmels: list[np.ndarray], fold_of: np.ndarray, seed: int) -> _Member:
         import torch
 
-        from machine_monitor.autoencoder import DenseAutoencoder
+        from machine_monitor.autoencoder import DenseAutoencoder, fold_centring, fold_means
         from machine_monitor.scorers.residual import MahalanobisScorer
         from machine_monitor.screening import rows_in_pieces
         from machine_monitor.training import default_device, train_network
