@@ -57,7 +57,6 @@ class DenseAutoencoder(nn.Module):
         return self.decoder(self.encoder(x))
 
 
-
 def fold_means(per_clip, fold_of: np.ndarray) -> np.ndarray:
     """Mean row of the clips outside each fold: what fold network ``k`` is centred on.
 
