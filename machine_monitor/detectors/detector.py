@@ -196,8 +196,9 @@ class Detector(BaseDetector):
             return 1
         return min(int(folds), n_clips)
 
-    def _train_network(self, per_clip, train_ids, val_ids, seed: int):
-        """A network trained on clips ``train_ids``, early-stopped on clips ``val_ids``."""
+    def _train_network(self, per_clip, train_ids, val_ids, seed: int, *, centre: np.ndarray | None = None):
+        """A network trained on clips ``train_ids``, early-stopped on clips ``val_ids``
+        (their frames minus ``centre``, when given)."""
         import torch
 
         from machine_monitor.autoencoder import DenseAutoencoder
@@ -206,6 +207,9 @@ class Detector(BaseDetector):
         ctx = self.feature_config_.stack
         train_frames = np.concatenate([per_clip[i] for i in train_ids])
         val_frames = np.concatenate([per_clip[i] for i in val_ids])
+        if centre is not None:  # the concatenations are copies already: centred in place
+            train_frames -= centre
+            val_frames -= centre
         train_starts = window_index(np.array([len(per_clip[i]) for i in train_ids]), context=ctx)
         val_starts = window_index(np.array([len(per_clip[i]) for i in val_ids]), context=ctx)
         torch.manual_seed(seed)
@@ -243,9 +247,8 @@ class Detector(BaseDetector):
         for k in range(folds):
             ids = rng.permutation(np.flatnonzero(fold_of != k))
             n_val = min(len(ids) - 1, max(1, int(round(self.val_fraction * len(ids)))))
-            centred = [f - centres[k] for f in per_clip]
-            net, hist = self._train_network(centred, np.sort(ids[n_val:]), np.sort(ids[:n_val]), self.seed + k)
-            del centred
+            net, hist = self._train_network(per_clip, np.sort(ids[n_val:]), np.sort(ids[:n_val]), self.seed + k,
+                                            centre=centres[k])
             self.networks_.append(fold_centring(net.eval(), np.tile(centres[k], self.feature_config_.stack)))
             self.history_ += [{"fold": k, **h} for h in hist]
         self.network_ = self.networks_[0]
