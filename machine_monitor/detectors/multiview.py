@@ -103,6 +103,12 @@ FRAME_TRAIN_STEP = 4
 _LOG_FLOOR = 1e-9
 #: A fold's standardisation scale is at least this share of the scale from every fold.
 FOLD_SCALE_FLOOR = 0.5
+#: Fewer independent recordings than this: each fold trains ``FEW_RECORDINGS_NETWORKS``
+#: networks (seeds and early-stopping clips of their own) and scores with their mean. With a
+#: handful of recordings one network's score of the recordings it did not hear swings with its
+#: seed, and the thresholds rest on those out-of-fold scores (see ``fold_networks``).
+FEW_RECORDINGS = 10
+FEW_RECORDINGS_NETWORKS = 3
 #: The ``peak`` view of a model saved before the soft maximum was recorded: the plain maximum.
 _MAX_POOLING = {"decay": 0.0, "top": 1}
 #: ``--features`` names of the single views (the frame member is the DCASE ``logmel`` front-end).
@@ -204,7 +210,10 @@ class MultiViewDetector(BaseDetector):
     fusion : {"whitened-max", "max", "top2", "mean"}
         How standardised member scores combine (see the module docstring).
     folds : int
-        Cross-fitted networks per member (fewer when there are fewer recordings).
+        Cross-fitted folds per member (fewer when there are fewer recordings).
+    fold_networks : int or None
+        Networks trained per fold, their distances averaged. ``None``: 1, or
+        ``FEW_RECORDINGS_NETWORKS`` with fewer than ``FEW_RECORDINGS`` recordings.
     aggregate : str
         How span scores pool into a clip score (``mean``, ``max``, ``median``, ``pNN``).
     percentile, threshold_method : threshold on the out-of-fold fused clip scores.
@@ -230,7 +239,8 @@ class MultiViewDetector(BaseDetector):
         return len(self._check_members()) if self.fusion in ("whitened-max", "max") else 1
 
     def __init__(self, *, members: Sequence[str] = VIEWS, fusion: str = DEFAULT_FUSION, folds: int = 5,
-                 aggregate: str = "mean", percentile: float = DEFAULT_PERCENTILE, threshold_method: str = "gamma",
+                 fold_networks: int | None = None, aggregate: str = "mean", percentile: float = DEFAULT_PERCENTILE,
+                 threshold_method: str = "gamma",
                  val_fraction: float = 0.2, hidden: Sequence[int] = (128, 128, 128, 128), bottleneck: int = 8,
                  frame_hidden: Sequence[int] = (64, 64), epochs: int = 1000, patience: int = 20,
                  frame_epochs: int = 20, frame_patience: int = 3, batch_size: int = 256, lr: float = 1e-3,
@@ -238,6 +248,7 @@ class MultiViewDetector(BaseDetector):
         self.members = members
         self.fusion = fusion
         self.folds = folds
+        self.fold_networks = fold_networks
         self.aggregate = aggregate
         self.percentile = percentile
         self.threshold_method = threshold_method
@@ -271,6 +282,8 @@ class MultiViewDetector(BaseDetector):
             raise ConfigError(f"fusion must be one of {', '.join(FUSIONS)}, not {self.fusion!r}")
         if int(self.folds) < 2:
             raise ConfigError(f"folds must be >= 2 (members are cross-fitted), not {self.folds!r}")
+        if self.fold_networks is not None and not 1 <= int(self.fold_networks) <= 16:
+            raise ConfigError(f"fold_networks must be in [1, 16] or None, not {self.fold_networks!r}")
         return members
 
     def logmel(self, y: np.ndarray) -> np.ndarray:
@@ -353,6 +366,9 @@ class MultiViewDetector(BaseDetector):
         # out-of-fold scores then come from these members' parts blind to each fold.
         self.member_folds_ = self.fold_of_ = fold_of = group_folds(groups, n_folds=int(self.folds))
         self.n_folds_ = int(fold_of.max()) + 1
+        n_recordings = len(set(sessions))
+        self.fold_networks_ = int(self.fold_networks) if self.fold_networks is not None else (
+            FEW_RECORDINGS_NETWORKS if n_recordings < FEW_RECORDINGS else 1)
         mean, std = _band_mean_std(logmels)  # no concatenated copy of hours of log-mel
         self.reference_logmel_ = mean.astype(np.float32)
         self.feature_mean_ = self.reference_logmel_.copy()
@@ -456,7 +472,7 @@ class MultiViewDetector(BaseDetector):
             precision = np.stack([m.scorer_.precision_ for m in members])[:, None]
             self._merged = (names, stack, mean, precision)
         _, stack, mean, precision = self._merged
-        k = self.n_folds_
+        k = len(self.members_[names[0]].nets_)
         many = isinstance(f, (list, tuple))
         fs = list(f) if many else [f]
         parts = [np.stack([self.members_[n].units(g) for n in names]) for g in fs]  # (members, spans, dims) each
@@ -599,6 +615,7 @@ class MultiViewDetector(BaseDetector):
             "frame_bands": self.frame_bands,
             "standardisation": "z = (log(score) - median) / (IQR / 1.349) of out-of-fold training span scores",
             "folds": self.n_folds_,
+            "fold_networks": self.fold_networks_,
             "fold_of": self.member_folds_.tolist(),
             "groups": list(self.groups_),
         }}
@@ -623,6 +640,9 @@ class MultiViewDetector(BaseDetector):
             raise ModelError(f"{root / 'model.json'}: unknown members {names} or fusion {mv['fusion']!r}")
         if int(mv["folds"]) < 2 or int(mv["folds"]) > 64:
             raise ModelError(f"{root / 'model.json'}: implausible folds {mv['folds']!r}")
+        per_fold = mv.get("fold_networks", 1)
+        if not (isinstance(per_fold, int) and 1 <= per_fold <= 16):
+            raise ModelError(f"{root / 'model.json'}: implausible fold_networks {per_fold!r}")
         if m.get("params", {}).get("fusion", mv["fusion"]) != mv["fusion"]:
             raise ModelError(f"{root / 'model.json'}: the parameters' fusion {m['params']['fusion']!r} is not the "
                              f"fitted fusion {mv['fusion']!r}")
@@ -649,6 +669,7 @@ class MultiViewDetector(BaseDetector):
             raise ModelError(f"{root / 'model.json'}: lists no network.safetensors")
         mv = m["multiview"]
         self.n_folds_ = int(mv["folds"])
+        self.fold_networks_ = int(mv.get("fold_networks", 1))  # checked by _check_manifest
         self.member_folds_ = self.fold_of_ = np.asarray(mv["fold_of"], dtype=np.int64)
         self.groups_ = list(mv["groups"])
         if self.fusion == "whitened-max":  # checked by _check_manifest
@@ -662,7 +683,8 @@ class MultiViewDetector(BaseDetector):
             raise ModelError(f"{root / 'arrays.safetensors'}: reference_logmel does not match the mel bands")
         self.members_ = {}
         for d in mv["members"]:
-            self.members_[d["name"]] = _Member.restore(d, self, arrays, tensors, self.n_folds_, root=root)
+            self.members_[d["name"]] = _Member.restore(d, self, arrays, tensors, self.n_folds_, root=root,
+                                                       per_fold=self.fold_networks_)
         self.oof_window_scores_ = [np.asarray(s, dtype=np.float64)
                                    for s in m.get("training", {}).get("oof_window_scores", [])]
 
@@ -761,12 +783,15 @@ class _Stack:
                 b = np.stack([getattr(c, part)[i][1] for c in copies])[:, None, :].astype(np.float32)
                 self.layers.append((w, b, relu))
 
-    def __call__(self, x: np.ndarray, which: int | None = None, *, layers: list | None = None) -> np.ndarray:
-        """Reconstructions ``(K, n, d)`` of rows ``x`` ``(n, d)`` by every network (or ``(1, n, d)``: one)."""
+    def __call__(self, x: np.ndarray, which: int | slice | None = None, *, layers: list | None = None) -> np.ndarray:
+        """Reconstructions ``(K, n, d)`` of rows ``x`` ``(n, d)`` by every network (or by network
+        ``which``, ``(1, n, d)``, or by the networks of slice ``which``)."""
+        if isinstance(which, (int, np.integer)):
+            which = slice(int(which), int(which) + 1)
         h = np.asarray(x, dtype=np.float32)
         for w, b, relu in self.layers if layers is None else layers:
             if which is not None:
-                w, b = w[which : which + 1], b[which : which + 1]
+                w, b = w[which], b[which]
             h = h @ w
             h += b
             if relu:
@@ -897,10 +922,14 @@ class _Member:
         rng = np.random.default_rng(seed)
         self.nets_, self.history_ = [], []
         n_folds = int(fold_of.max()) + 1
-        for k in range(n_folds):
-            ids = rng.permutation(np.flatnonzero(fold_of != k))
+        per_fold = int(getattr(det, "fold_networks_", 1))
+        # Network b of fold k is nets_[k * per_fold + b]; network 0 draws from `rng` and the
+        # seeds it always did, so one network per fold is the model it was before.
+        for k, b in ((k, b) for k in range(n_folds) for b in range(per_fold)):
+            draw = rng if b == 0 else np.random.default_rng([seed, k, b])
+            ids = draw.permutation(np.flatnonzero(fold_of != k))
             n_val = min(len(ids) - 1, max(1, int(round(det.val_fraction * len(ids)))))
-            cfg = self._train_config(seed + k)
+            cfg = self._train_config(seed + k + 7919 * b)
             if sum(len(per_clip[i]) for i in ids[n_val:]) < 2:
                 # Too few rows to hold clips out for early stopping: train on them all, a fixed budget.
                 n_val, cfg = 0, dataclasses.replace(cfg, epochs=min(cfg.epochs, 200))
@@ -911,30 +940,33 @@ class _Member:
                 raise ConfigError(f"the {self.name} member needs at least 2 training rows outside each fold, got "
                                   f"{len(train)}: give more (or longer) clips")
             val = np.concatenate([np.arange(bounds[i], bounds[i + 1]) for i in ids[:n_val]]) if n_val else None
-            torch.manual_seed(seed + k)
+            torch.manual_seed(seed + k + 7919 * b)
             net = DenseAutoencoder(self.network_config_)
             c = centres[k]
             hist = train_network(net, lambda idx, r=train, c=c: units[r[idx]] - c, len(train),
                                  None if val is None else (lambda idx, r=val, c=c: units[r[idx]] - c),
                                  0 if val is None else len(val), cfg, device=device, progress=det.progress)
             self.nets_.append(fold_centring(net.eval(), c))
-            self.history_ += [{"fold": k, **h} for h in hist]
+            self.history_ += [{"fold": k, "network": b, **h} for h in hist]
         self.train_config_ = self._train_config(seed)
         # Out-of-fold residuals (of the rows scoring uses) -> the deployed scorer (all of them)
         # and one scorer per fold (without it).
         if not self.span and FRAME_STEP != FRAME_TRAIN_STEP:
             del per_clip, units  # the training rows go before the scoring rows are made
             per_clip = [self.units(f) for f in logmels]
-        recons = [self._reconstruct(u, self.nets_[fold_of[i]]) for i, u in enumerate(per_clip)]
-        self.scorer_ = MahalanobisScorer(seed=seed).fit(recons)
+        # recons[i][b]: clip i through network b of its own fold (blind to it).
+        recons = [[self._reconstruct(u, self.nets_[fold_of[i] * per_fold + b]) for b in range(per_fold)]
+                  for i, u in enumerate(per_clip)]
+        self.scorer_ = MahalanobisScorer(seed=seed).fit([r for rs in recons for r in rs])
         self.fold_scorers_ = []
         oof = [None] * len(per_clip)
         for k in range(n_folds):
             inside, outside = np.flatnonzero(fold_of == k), np.flatnonzero(fold_of != k)
-            scorer = MahalanobisScorer(seed=seed).fit([recons[i] for i in outside])
+            scorer = MahalanobisScorer(seed=seed).fit([r for i in outside for r in recons[i]])
             self.fold_scorers_.append(scorer)
             for i in inside:
-                oof[i] = self._pool_to_spans(scorer.window_scores(recons[i]), logmels[i].shape[0])
+                w = np.mean([scorer.window_scores(r) for r in recons[i]], axis=0)
+                oof[i] = self._pool_to_spans(w, logmels[i].shape[0])
         self.oof_scores_ = oof  # per clip: out-of-fold raw span scores
         return self
 
@@ -975,7 +1007,9 @@ class _Member:
         stack = self.stack()
         if fold is not None:
             sc = self.fold_scorers_[fold]
-            w = _mahalanobis(x - stack(x, which=fold)[0], sc.mean_, sc.precision_)
+            per_fold = len(self.nets_) // len(self.fold_scorers_)
+            w = _mahalanobis(x - stack(x, which=slice(fold * per_fold, (fold + 1) * per_fold)), sc.mean_,
+                             sc.precision_).mean(axis=0)
         else:
             w = stack.mean_distance(x, self.scorer_.mean_, self.scorer_.precision_)
         return self._pool_to_spans(w, f.shape[0])
@@ -1026,12 +1060,14 @@ class _Member:
 
     # -- persistence ---------------------------------------------------------------
     def describe(self) -> dict:
+        per_fold = len(self.nets_) // len(self.fold_scorers_)
         oof = np.concatenate(self.oof_scores_) if getattr(self, "oof_scores_", None) else np.zeros(0)
         return {"name": self.name, "network": self.network_config_.to_dict(),
                 "train": {k: v for k, v in vars(self.train_config_).items() if k != "seed"},
                 "standardise": {"loc": self.loc_, "scale": self.scale_, "fold_loc": self.fold_loc_,
                                 "fold_scale": self.fold_scale_, "n_oof_spans": int(oof.size)},
-                "epochs_run": [sum(1 for h in self.history_ if h["fold"] == k) for k in range(len(self.nets_))]}
+                "epochs_run": [sum(1 for h in self.history_ if (h["fold"], h.get("network", 0)) == divmod(j, per_fold))
+                               for j in range(len(self.nets_))]}
 
     def arrays(self) -> dict[str, np.ndarray]:
         out = {f"{self.name}.mean": self.mean_, f"{self.name}.std": self.std_,
@@ -1043,7 +1079,7 @@ class _Member:
 
     @classmethod
     def restore(cls, d: dict, det: MultiViewDetector, arrays: dict, tensors: dict, n_folds: int, *,
-                root: Path) -> _Member:
+                root: Path, per_fold: int = 1) -> _Member:
         import torch
 
         from machine_monitor.autoencoder import DenseAutoencoder, NetworkConfig
@@ -1073,7 +1109,7 @@ class _Member:
             raise ModelError(f"{root / 'model.json'}: {name} standardisation is invalid")
         dev = torch.device(det.device) if det.device else default_device()
         m.nets_ = []
-        for k in range(n_folds):
+        for k in range(n_folds * per_fold):
             prefix = f"{name}.{k}."
             net = DenseAutoencoder(m.network_config_)
             try:
