@@ -253,7 +253,8 @@ def test_with_few_recordings_each_fold_scores_with_the_mean_of_several_networks(
     with its seed, and with a handful of recordings the thresholds rest on those scores
     (sensiml-fan, 6 recordings: clip thresholds 4.3 / 5.1 / 7.3 over seeds 0-2 with one
     network per fold, 5.8 / 5.6 / 5.4 with three)."""
-    from machine_monitor.detectors.multiview import FEW_RECORDINGS, FEW_RECORDINGS_NETWORKS, _mahalanobis, _Stack
+    from machine_monitor.detectors.multiview import _mahalanobis, _Stack
+    from machine_monitor.threshold import FEW_RECORDINGS, FEW_RECORDINGS_NETWORKS
 
     assert len(set(det.groups_)) < FEW_RECORDINGS and det.fold_networks_ == FEW_RECORDINGS_NETWORKS
     per_fold = det.fold_networks_
@@ -289,6 +290,26 @@ def test_a_model_saved_before_several_networks_per_fold_reads_one_per_fold(train
     back = BaseDetector.load(path)
     assert back.fold_networks_ == 1
     np.testing.assert_allclose(back.score([clip(400)]), det.score([clip(400)]), rtol=1e-5)
+
+
+def test_with_too_few_spans_the_bank_leaves_the_span_views_out_and_says_so(caplog, tmp_path):
+    """Three clips of one span each: a fold leaves two spans, from which a span view's networks
+    and covariance cannot be learnt (their out-of-fold scores then follow the seed, not the
+    sound). The bank keeps the frame view, hundreds of rows a clip, and warns."""
+    from machine_monitor.detectors.multiview import MIN_SPAN_ROWS
+
+    clips = [clip(500 + i) for i in range(3)]
+    with caplog.at_level("WARNING"):
+        det = MultiViewDetector(**FAST).fit(clips)
+    assert list(det.members_) == ["frame"] and det.score_components == 1
+    said = [r.getMessage() for r in caplog.records]
+    assert any("peak, mean, std views are left out" in m and f"the {MIN_SPAN_ROWS} a view" in m for m in said)
+    back = BaseDetector.load(det.save(tmp_path / "thin"))
+    assert list(back.members_) == ["frame"]
+    np.testing.assert_allclose(back.score([clip(400)]), det.score([clip(400)]), rtol=1e-5)
+    # A view asked for alone is kept (it is what the user chose to check), and so is a bank without the frame view.
+    assert list(MultiViewDetector(**{**FAST, "members": ("mean",)}).fit(clips).members_) == ["mean"]
+    assert list(MultiViewDetector(**{**FAST, "members": ("mean", "std")}).fit(clips).members_) == ["mean", "std"]
 
 
 def test_calibration_uses_the_members_fold_parts(det):

@@ -80,7 +80,13 @@ from machine_monitor.features import (
     std_windows,
 )
 from machine_monitor.scorers.residual import aggregate
-from machine_monitor.threshold import DEFAULT_PERCENTILE, fit_threshold, group_folds, groups_from_paths
+from machine_monitor.threshold import (
+    DEFAULT_PERCENTILE,
+    fit_threshold,
+    group_folds,
+    groups_from_paths,
+    networks_per_fold,
+)
 
 log = logging.getLogger(__name__)
 
@@ -103,12 +109,13 @@ FRAME_TRAIN_STEP = 4
 _LOG_FLOOR = 1e-9
 #: A fold's standardisation scale is at least this share of the scale from every fold.
 FOLD_SCALE_FLOOR = 0.5
-#: Fewer independent recordings than this: each fold trains ``FEW_RECORDINGS_NETWORKS``
-#: networks (seeds and early-stopping clips of their own) and scores with their mean. With a
-#: handful of recordings one network's score of the recordings it did not hear swings with its
-#: seed, and the thresholds rest on those out-of-fold scores (see ``fold_networks``).
-FEW_RECORDINGS = 10
-FEW_RECORDINGS_NETWORKS = 3
+#: Spans a span view (one row per span) needs outside every fold. With fewer, its fold
+#: networks learn from one or two vectors and its scorer's covariance from as few: on
+#: DCASE 2020 ToyConveyor (3 clips of 10 s, one span each) the span members' out-of-fold log
+#: scores moved by up to 9 between seeds, and the clip threshold by a third, while the
+#: frame view's (hundreds of rows a clip) moved by 0.01. The bank then leaves the span
+#: views out, with a warning; a bank without the frame view, or a view alone, keeps them.
+MIN_SPAN_ROWS = 5
 #: The ``peak`` view of a model saved before the soft maximum was recorded: the plain maximum.
 _MAX_POOLING = {"decay": 0.0, "top": 1}
 #: ``--features`` names of the single views (the frame member is the DCASE ``logmel`` front-end).
@@ -212,8 +219,9 @@ class MultiViewDetector(BaseDetector):
     folds : int
         Cross-fitted folds per member (fewer when there are fewer recordings).
     fold_networks : int or None
-        Networks trained per fold, their distances averaged. ``None``: 1, or
-        ``FEW_RECORDINGS_NETWORKS`` with fewer than ``FEW_RECORDINGS`` recordings.
+        Networks trained per fold, their distances averaged for the out-of-fold scores.
+        ``None``: :func:`machine_monitor.threshold.networks_per_fold` (3 with fewer than 10
+        recordings, else 1).
     aggregate : str
         How span scores pool into a clip score (``mean``, ``max``, ``median``, ``pNN``).
     percentile, threshold_method : threshold on the out-of-fold fused clip scores.
@@ -236,7 +244,8 @@ class MultiViewDetector(BaseDetector):
     def score_components(self) -> int:
         """How many standardised parts the fused score is the largest of (the live calibration's
         tail law where every training recording is one window long); 1: not a maximum."""
-        return len(self._check_members()) if self.fusion in ("whitened-max", "max") else 1
+        n = len(self.members_) if getattr(self, "members_", None) else len(self._check_members())
+        return n if self.fusion in ("whitened-max", "max") else 1
 
     def __init__(self, *, members: Sequence[str] = VIEWS, fusion: str = DEFAULT_FUSION, folds: int = 5,
                  fold_networks: int | None = None, aggregate: str = "mean", percentile: float = DEFAULT_PERCENTILE,
@@ -366,9 +375,10 @@ class MultiViewDetector(BaseDetector):
         # out-of-fold scores then come from these members' parts blind to each fold.
         self.member_folds_ = self.fold_of_ = fold_of = group_folds(groups, n_folds=int(self.folds))
         self.n_folds_ = int(fold_of.max()) + 1
+        members = self._enough_spans(members, logmels, fold_of)
         n_recordings = len(set(sessions))
-        self.fold_networks_ = int(self.fold_networks) if self.fold_networks is not None else (
-            FEW_RECORDINGS_NETWORKS if n_recordings < FEW_RECORDINGS else 1)
+        self.fold_networks_ = (int(self.fold_networks) if self.fold_networks is not None
+                               else networks_per_fold(n_recordings))
         mean, std = _band_mean_std(logmels)  # no concatenated copy of hours of log-mel
         self.reference_logmel_ = mean.astype(np.float32)
         self.feature_mean_ = self.reference_logmel_.copy()
@@ -409,6 +419,21 @@ class MultiViewDetector(BaseDetector):
         self.n_clips_ = len(logmels)
         self.fit_seconds_ = time.perf_counter() - t0
         return self
+
+    def _enough_spans(self, members: list[str], logmels: list[np.ndarray], fold_of: np.ndarray) -> list[str]:
+        """``members`` without the span views when some fold leaves fewer than ``MIN_SPAN_ROWS``
+        spans outside it (only in a bank that keeps the frame view)."""
+        cfg = self.feature_config
+        spans = np.array([len(span_starts(f.shape[0], context=cfg.context, stride=cfg.stride)) for f in logmels])
+        fewest = min(int(spans[fold_of != k].sum()) for k in range(int(fold_of.max()) + 1))
+        thin = [m for m in members if m != "frame"]
+        if fewest >= MIN_SPAN_ROWS or "frame" not in members or not thin:
+            return members
+        log.warning("the %s view%s left out: %d span%s of %.0f s outside a fold, fewer than the %d a view "
+                    "needs to learn from; the model uses the frame view alone. Give more (or longer) "
+                    "recordings.", ", ".join(thin), "s are" if len(thin) > 1 else " is", fewest,
+                    "" if fewest == 1 else "s", cfg.min_samples / cfg.sr, MIN_SPAN_ROWS)
+        return [m for m in members if m not in thin]
 
     def _load(self, clips: list) -> tuple[list[np.ndarray], np.ndarray]:
         """Every clip's log-mel (computed once); fits the span to the typical clip."""
