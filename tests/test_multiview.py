@@ -264,13 +264,10 @@ def test_with_few_recordings_each_fold_scores_with_the_mean_of_several_networks(
         assert len(m.nets_) == det.n_folds_ * per_fold
         x = m.units(det.logmel(train_clips[i]))
         sc = m.fold_scorers_[k]
-        every = _Stack(m.nets_)
-        each = [m._pool_to_spans(_mahalanobis(x - every(x, which=k * per_fold + b)[0], sc.mean_, sc.precision_),
+        each = [m._pool_to_spans(_mahalanobis(x - m.stack()(x, which=k * per_fold + b)[0], sc.mean_, sc.precision_),
                                  det.logmel(train_clips[i]).shape[0]) for b in range(per_fold)]
         assert not np.allclose(each[0], each[1], rtol=1e-3)  # networks of their own, not copies
         np.testing.assert_allclose(m.oof_scores_[i], np.mean(each, axis=0), rtol=1e-4)
-        # New audio: the first network of each fold, as many as with one per fold (scoring costs the same).
-        assert m.deployed_nets == m.nets_[::per_fold] and m.stack().layers[0][0].shape[0] == det.n_folds_
     # Ten recordings or more: one network per fold (the deployed ensemble averages the folds).
     many = MultiViewDetector(**{**FAST, "members": ("mean",)}).fit(train_clips, groups=[f"r{i}" for i in range(9)])
     assert many.fold_networks_ == per_fold  # 9 recordings: still few

@@ -492,12 +492,12 @@ class MultiViewDetector(BaseDetector):
         rows of all of them in one pass."""
         if getattr(self, "_merged", None) is None or self._merged[0] != names:
             members = [self.members_[n] for n in names]
-            stack = _Stack([net for m in members for net in m.deployed_nets])
+            stack = _Stack([net for m in members for net in m.nets_])
             mean = np.stack([m.scorer_.mean_ for m in members])[:, None, None, :]
             precision = np.stack([m.scorer_.precision_ for m in members])[:, None]
             self._merged = (names, stack, mean, precision)
         _, stack, mean, precision = self._merged
-        k = self.n_folds_
+        k = len(self.members_[names[0]].nets_)
         many = isinstance(f, (list, tuple))
         fs = list(f) if many else [f]
         parts = [np.stack([self.members_[n].units(g) for n in names]) for g in fs]  # (members, spans, dims) each
@@ -1029,37 +1029,20 @@ class _Member:
             bounds = np.cumsum([0] + [len(p) for p in parts])
             return [self._pool_to_spans(w[a:b], g.shape[0]) for g, a, b in zip(f, bounds[:-1], bounds[1:])]
         x = self.units(f)
+        stack = self.stack()
         if fold is not None:
             sc = self.fold_scorers_[fold]
-            per_fold = self.per_fold
-            if per_fold == 1:
-                h = self.stack()(x, which=fold)
-            else:
-                if getattr(self, "_fold_stack", None) is None:
-                    self._fold_stack = _Stack(self.nets_)
-                h = self._fold_stack(x, which=slice(fold * per_fold, (fold + 1) * per_fold))
-            w = _mahalanobis(x - h, sc.mean_, sc.precision_).mean(axis=0)
+            per_fold = len(self.nets_) // len(self.fold_scorers_)
+            w = _mahalanobis(x - stack(x, which=slice(fold * per_fold, (fold + 1) * per_fold)), sc.mean_,
+                             sc.precision_).mean(axis=0)
         else:
-            w = self.stack().mean_distance(x, self.scorer_.mean_, self.scorer_.precision_)
+            w = stack.mean_distance(x, self.scorer_.mean_, self.scorer_.precision_)
         return self._pool_to_spans(w, f.shape[0])
 
-    @property
-    def per_fold(self) -> int:
-        """Networks trained per fold (``nets_[k * per_fold + b]``: network ``b`` of fold ``k``)."""
-        return len(self.nets_) // len(self.fold_scorers_)
-
-    @property
-    def deployed_nets(self) -> list:
-        """The networks that score new audio: the first of each fold. Their mean over the
-        folds averages as many networks as a fold's out-of-fold score (or nearly: 2 folds
-        for 3 per fold), and scoring costs what it does with one network per fold (the live
-        per-hop time of a sensiml-fan model with all 15: 60 % more)."""
-        return self.nets_[:: self.per_fold]
-
     def stack(self) -> _Stack:
-        """The deployed networks (:attr:`deployed_nets`) as one batched numpy chain (built once)."""
+        """The fold networks as one batched numpy chain (built once)."""
         if getattr(self, "_stack", None) is None:
-            self._stack = _Stack(self.deployed_nets)
+            self._stack = _Stack(self.nets_)
         return self._stack
 
     def band_contributions(self, f: np.ndarray, span: int) -> np.ndarray:
@@ -1102,7 +1085,7 @@ class _Member:
 
     # -- persistence ---------------------------------------------------------------
     def describe(self) -> dict:
-        per_fold = self.per_fold
+        per_fold = len(self.nets_) // len(self.fold_scorers_)
         oof = np.concatenate(self.oof_scores_) if getattr(self, "oof_scores_", None) else np.zeros(0)
         return {"name": self.name, "network": self.network_config_.to_dict(),
                 "train": {k: v for k, v in vars(self.train_config_).items() if k != "seed"},
