@@ -662,21 +662,6 @@ def groups_from_paths(paths: Sequence, group_by: str | None = None) -> list[str]
     return out
 
 
-#: Fewer independent recordings than this: each fold of a cross-fitted ensemble trains
-#: ``FEW_RECORDINGS_NETWORKS`` networks (seeds and early-stopping clips of their own) and a
-#: clip's out-of-fold score is the mean of theirs. One network's score of recordings it never
-#: heard swings with its seed, and with a handful of recordings the thresholds rest on those
-#: scores (sensiml-fan, 6 recordings: clip thresholds 4.3 / 5.1 / 7.3 over seeds 0-2 with
-#: one network per fold, 5.8 / 5.6 / 5.4 with three).
-FEW_RECORDINGS = 10
-FEW_RECORDINGS_NETWORKS = 3
-
-
-def networks_per_fold(n_recordings: int) -> int:
-    """Networks a cross-fitted ensemble trains per fold for ``n_recordings`` independent recordings."""
-    return FEW_RECORDINGS_NETWORKS if int(n_recordings) < FEW_RECORDINGS else 1
-
-
 def group_folds(groups: Sequence, *, n_folds: int = DEFAULT_FOLDS) -> np.ndarray:
     """Assign recordings to out-of-fold splits, never splitting a group.
 

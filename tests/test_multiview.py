@@ -246,49 +246,6 @@ def test_out_of_fold_scores_are_what_the_fold_parts_give(det, train_clips):
         det.window_scores(train_clips[0], fold=3)
 
 
-def test_with_few_recordings_each_fold_scores_with_the_mean_of_several_networks(det, train_clips):
-    """Three recordings (fewer than FEW_RECORDINGS): each fold trains FEW_RECORDINGS_NETWORKS
-    networks, with seeds and early-stopping clips of their own, and a clip's out-of-fold score
-    is the mean of their distances. One network's score of recordings it never heard swings
-    with its seed, and with a handful of recordings the thresholds rest on those scores
-    (sensiml-fan, 6 recordings: clip thresholds 4.3 / 5.1 / 7.3 over seeds 0-2 with one
-    network per fold, 5.8 / 5.6 / 5.4 with three)."""
-    from machine_monitor.detectors.multiview import _mahalanobis, _Stack
-    from machine_monitor.threshold import FEW_RECORDINGS, FEW_RECORDINGS_NETWORKS
-
-    assert len(set(det.groups_)) < FEW_RECORDINGS and det.fold_networks_ == FEW_RECORDINGS_NETWORKS
-    per_fold = det.fold_networks_
-    i = 4
-    k = int(det.member_folds_[i])
-    for m in det.members_.values():
-        assert len(m.nets_) == det.n_folds_ * per_fold
-        x = m.units(det.logmel(train_clips[i]))
-        sc = m.fold_scorers_[k]
-        each = [m._pool_to_spans(_mahalanobis(x - m.stack()(x, which=k * per_fold + b)[0], sc.mean_, sc.precision_),
-                                 det.logmel(train_clips[i]).shape[0]) for b in range(per_fold)]
-        assert not np.allclose(each[0], each[1], rtol=1e-3)  # networks of their own, not copies
-        np.testing.assert_allclose(m.oof_scores_[i], np.mean(each, axis=0), rtol=1e-4)
-    # Ten recordings or more: one network per fold (the deployed ensemble averages the folds).
-    many = MultiViewDetector(**{**FAST, "members": ("mean",)}).fit(train_clips, groups=[f"r{i}" for i in range(9)])
-    assert many.fold_networks_ == per_fold  # 9 recordings: still few
-    one = MultiViewDetector(**{**FAST, "members": ("mean",)}).fit(train_clips + [clip(300)],
-                                                                    groups=[f"r{i}" for i in range(10)])
-    assert one.fold_networks_ == 1 and len(one.members_["mean"].nets_) == one.n_folds_
-
-
-def test_a_model_saved_before_several_networks_per_fold_reads_one_per_fold(train_clips, groups, tmp_path):
-    det = MultiViewDetector(**{**FAST, "members": ("mean", "std"), "fold_networks": 1}).fit(train_clips,
-                                                                                           groups=groups)
-    path = det.save(tmp_path / "one")
-    m = json.loads((path / "model.json").read_text())
-    assert m["multiview"]["fold_networks"] == 1
-    del m["multiview"]["fold_networks"]
-    (path / "model.json").write_text(json.dumps(m))
-    back = BaseDetector.load(path)
-    assert back.fold_networks_ == 1
-    np.testing.assert_allclose(back.score([clip(400)]), det.score([clip(400)]), rtol=1e-5)
-
-
 def test_with_too_few_spans_the_bank_leaves_the_span_views_out_and_says_so(caplog, tmp_path):
     """Three clips of one span each: a fold leaves two spans, from which a span view's networks
     and covariance cannot be learnt (their out-of-fold scores then follow the seed, not the
@@ -366,7 +323,6 @@ def test_save_load_round_trip_records_members_and_fusion(det, tmp_path):
     assert m["detector"] == "multiview" and m["params"]["fusion"] == "whitened-max"
     assert [d["name"] for d in m["multiview"]["members"]] == list(VIEWS)
     assert m["multiview"]["fusion"] == "whitened-max" and m["multiview"]["folds"] == 3
-    assert m["multiview"]["fold_networks"] == det.fold_networks_ == 3
     assert np.shape(m["multiview"]["whitening"]) == (4, 4) and np.shape(m["multiview"]["fold_whitening"]) == (3, 4, 4)
     back = BaseDetector.load(path)
     assert isinstance(back, MultiViewDetector)

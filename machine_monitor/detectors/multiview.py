@@ -80,13 +80,7 @@ from machine_monitor.features import (
     std_windows,
 )
 from machine_monitor.scorers.residual import aggregate
-from machine_monitor.threshold import (
-    DEFAULT_PERCENTILE,
-    fit_threshold,
-    group_folds,
-    groups_from_paths,
-    networks_per_fold,
-)
+from machine_monitor.threshold import DEFAULT_PERCENTILE, fit_threshold, group_folds, groups_from_paths
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +106,7 @@ FOLD_SCALE_FLOOR = 0.5
 #: Spans a span view (one row per span) needs outside every fold. With fewer, its fold
 #: networks learn from one or two vectors and its scorer's covariance from as few: on
 #: DCASE 2020 ToyConveyor (3 clips of 10 s, one span each) the span members' out-of-fold log
-#: scores moved by up to 9 between seeds, and the clip threshold by a third, while the
+#: scores moved by up to 9 between seeds, and the clip threshold by 28-33 %, while the
 #: frame view's (hundreds of rows a clip) moved by 0.01. The bank then leaves the span
 #: views out, with a warning; a bank without the frame view, or a view alone, keeps them.
 MIN_SPAN_ROWS = 5
@@ -217,11 +211,7 @@ class MultiViewDetector(BaseDetector):
     fusion : {"whitened-max", "max", "top2", "mean"}
         How standardised member scores combine (see the module docstring).
     folds : int
-        Cross-fitted folds per member (fewer when there are fewer recordings).
-    fold_networks : int or None
-        Networks trained per fold, their distances averaged for the out-of-fold scores.
-        ``None``: :func:`machine_monitor.threshold.networks_per_fold` (3 with fewer than 10
-        recordings, else 1).
+        Cross-fitted networks per member (fewer when there are fewer recordings).
     aggregate : str
         How span scores pool into a clip score (``mean``, ``max``, ``median``, ``pNN``).
     percentile, threshold_method : threshold on the out-of-fold fused clip scores.
@@ -248,8 +238,7 @@ class MultiViewDetector(BaseDetector):
         return n if self.fusion in ("whitened-max", "max") else 1
 
     def __init__(self, *, members: Sequence[str] = VIEWS, fusion: str = DEFAULT_FUSION, folds: int = 5,
-                 fold_networks: int | None = None, aggregate: str = "mean", percentile: float = DEFAULT_PERCENTILE,
-                 threshold_method: str = "gamma",
+                 aggregate: str = "mean", percentile: float = DEFAULT_PERCENTILE, threshold_method: str = "gamma",
                  val_fraction: float = 0.2, hidden: Sequence[int] = (128, 128, 128, 128), bottleneck: int = 8,
                  frame_hidden: Sequence[int] = (64, 64), epochs: int = 1000, patience: int = 20,
                  frame_epochs: int = 20, frame_patience: int = 3, batch_size: int = 256, lr: float = 1e-3,
@@ -257,7 +246,6 @@ class MultiViewDetector(BaseDetector):
         self.members = members
         self.fusion = fusion
         self.folds = folds
-        self.fold_networks = fold_networks
         self.aggregate = aggregate
         self.percentile = percentile
         self.threshold_method = threshold_method
@@ -291,8 +279,6 @@ class MultiViewDetector(BaseDetector):
             raise ConfigError(f"fusion must be one of {', '.join(FUSIONS)}, not {self.fusion!r}")
         if int(self.folds) < 2:
             raise ConfigError(f"folds must be >= 2 (members are cross-fitted), not {self.folds!r}")
-        if self.fold_networks is not None and not 1 <= int(self.fold_networks) <= 16:
-            raise ConfigError(f"fold_networks must be in [1, 16] or None, not {self.fold_networks!r}")
         return members
 
     def logmel(self, y: np.ndarray) -> np.ndarray:
@@ -376,9 +362,6 @@ class MultiViewDetector(BaseDetector):
         self.member_folds_ = self.fold_of_ = fold_of = group_folds(groups, n_folds=int(self.folds))
         self.n_folds_ = int(fold_of.max()) + 1
         members = self._enough_spans(members, logmels, fold_of)
-        n_recordings = len(set(sessions))
-        self.fold_networks_ = (int(self.fold_networks) if self.fold_networks is not None
-                               else networks_per_fold(n_recordings))
         mean, std = _band_mean_std(logmels)  # no concatenated copy of hours of log-mel
         self.reference_logmel_ = mean.astype(np.float32)
         self.feature_mean_ = self.reference_logmel_.copy()
@@ -497,7 +480,7 @@ class MultiViewDetector(BaseDetector):
             precision = np.stack([m.scorer_.precision_ for m in members])[:, None]
             self._merged = (names, stack, mean, precision)
         _, stack, mean, precision = self._merged
-        k = len(self.members_[names[0]].nets_)
+        k = self.n_folds_
         many = isinstance(f, (list, tuple))
         fs = list(f) if many else [f]
         parts = [np.stack([self.members_[n].units(g) for n in names]) for g in fs]  # (members, spans, dims) each
@@ -640,7 +623,6 @@ class MultiViewDetector(BaseDetector):
             "frame_bands": self.frame_bands,
             "standardisation": "z = (log(score) - median) / (IQR / 1.349) of out-of-fold training span scores",
             "folds": self.n_folds_,
-            "fold_networks": self.fold_networks_,
             "fold_of": self.member_folds_.tolist(),
             "groups": list(self.groups_),
         }}
@@ -665,9 +647,6 @@ class MultiViewDetector(BaseDetector):
             raise ModelError(f"{root / 'model.json'}: unknown members {names} or fusion {mv['fusion']!r}")
         if int(mv["folds"]) < 2 or int(mv["folds"]) > 64:
             raise ModelError(f"{root / 'model.json'}: implausible folds {mv['folds']!r}")
-        per_fold = mv.get("fold_networks", 1)
-        if not (isinstance(per_fold, int) and 1 <= per_fold <= 16):
-            raise ModelError(f"{root / 'model.json'}: implausible fold_networks {per_fold!r}")
         if m.get("params", {}).get("fusion", mv["fusion"]) != mv["fusion"]:
             raise ModelError(f"{root / 'model.json'}: the parameters' fusion {m['params']['fusion']!r} is not the "
                              f"fitted fusion {mv['fusion']!r}")
@@ -694,7 +673,6 @@ class MultiViewDetector(BaseDetector):
             raise ModelError(f"{root / 'model.json'}: lists no network.safetensors")
         mv = m["multiview"]
         self.n_folds_ = int(mv["folds"])
-        self.fold_networks_ = int(mv.get("fold_networks", 1))  # checked by _check_manifest
         self.member_folds_ = self.fold_of_ = np.asarray(mv["fold_of"], dtype=np.int64)
         self.groups_ = list(mv["groups"])
         if self.fusion == "whitened-max":  # checked by _check_manifest
@@ -708,8 +686,7 @@ class MultiViewDetector(BaseDetector):
             raise ModelError(f"{root / 'arrays.safetensors'}: reference_logmel does not match the mel bands")
         self.members_ = {}
         for d in mv["members"]:
-            self.members_[d["name"]] = _Member.restore(d, self, arrays, tensors, self.n_folds_, root=root,
-                                                       per_fold=self.fold_networks_)
+            self.members_[d["name"]] = _Member.restore(d, self, arrays, tensors, self.n_folds_, root=root)
         self.oof_window_scores_ = [np.asarray(s, dtype=np.float64)
                                    for s in m.get("training", {}).get("oof_window_scores", [])]
 
@@ -808,15 +785,12 @@ class _Stack:
                 b = np.stack([getattr(c, part)[i][1] for c in copies])[:, None, :].astype(np.float32)
                 self.layers.append((w, b, relu))
 
-    def __call__(self, x: np.ndarray, which: int | slice | None = None, *, layers: list | None = None) -> np.ndarray:
-        """Reconstructions ``(K, n, d)`` of rows ``x`` ``(n, d)`` by every network (or by network
-        ``which``, ``(1, n, d)``, or by the networks of slice ``which``)."""
-        if isinstance(which, (int, np.integer)):
-            which = slice(int(which), int(which) + 1)
+    def __call__(self, x: np.ndarray, which: int | None = None, *, layers: list | None = None) -> np.ndarray:
+        """Reconstructions ``(K, n, d)`` of rows ``x`` ``(n, d)`` by every network (or ``(1, n, d)``: one)."""
         h = np.asarray(x, dtype=np.float32)
         for w, b, relu in self.layers if layers is None else layers:
             if which is not None:
-                w, b = w[which], b[which]
+                w, b = w[which : which + 1], b[which : which + 1]
             h = h @ w
             h += b
             if relu:
@@ -947,14 +921,10 @@ class _Member:
         rng = np.random.default_rng(seed)
         self.nets_, self.history_ = [], []
         n_folds = int(fold_of.max()) + 1
-        per_fold = int(getattr(det, "fold_networks_", 1))
-        # Network b of fold k is nets_[k * per_fold + b]; network 0 draws from `rng` and the
-        # seeds it always did, so one network per fold is the model it was before.
-        for k, b in ((k, b) for k in range(n_folds) for b in range(per_fold)):
-            draw = rng if b == 0 else np.random.default_rng([seed, k, b])
-            ids = draw.permutation(np.flatnonzero(fold_of != k))
+        for k in range(n_folds):
+            ids = rng.permutation(np.flatnonzero(fold_of != k))
             n_val = min(len(ids) - 1, max(1, int(round(det.val_fraction * len(ids)))))
-            cfg = self._train_config(seed + k + 7919 * b)
+            cfg = self._train_config(seed + k)
             if sum(len(per_clip[i]) for i in ids[n_val:]) < 2:
                 # Too few rows to hold clips out for early stopping: train on them all, a fixed budget.
                 n_val, cfg = 0, dataclasses.replace(cfg, epochs=min(cfg.epochs, 200))
@@ -965,33 +935,30 @@ class _Member:
                 raise ConfigError(f"the {self.name} member needs at least 2 training rows outside each fold, got "
                                   f"{len(train)}: give more (or longer) clips")
             val = np.concatenate([np.arange(bounds[i], bounds[i + 1]) for i in ids[:n_val]]) if n_val else None
-            torch.manual_seed(seed + k + 7919 * b)
+            torch.manual_seed(seed + k)
             net = DenseAutoencoder(self.network_config_)
             c = centres[k]
             hist = train_network(net, lambda idx, r=train, c=c: units[r[idx]] - c, len(train),
                                  None if val is None else (lambda idx, r=val, c=c: units[r[idx]] - c),
                                  0 if val is None else len(val), cfg, device=device, progress=det.progress)
             self.nets_.append(fold_centring(net.eval(), c))
-            self.history_ += [{"fold": k, "network": b, **h} for h in hist]
+            self.history_ += [{"fold": k, **h} for h in hist]
         self.train_config_ = self._train_config(seed)
         # Out-of-fold residuals (of the rows scoring uses) -> the deployed scorer (all of them)
         # and one scorer per fold (without it).
         if not self.span and FRAME_STEP != FRAME_TRAIN_STEP:
             del per_clip, units  # the training rows go before the scoring rows are made
             per_clip = [self.units(f) for f in logmels]
-        # recons[i][b]: clip i through network b of its own fold (blind to it).
-        recons = [[self._reconstruct(u, self.nets_[fold_of[i] * per_fold + b]) for b in range(per_fold)]
-                  for i, u in enumerate(per_clip)]
-        self.scorer_ = MahalanobisScorer(seed=seed).fit([r for rs in recons for r in rs])
+        recons = [self._reconstruct(u, self.nets_[fold_of[i]]) for i, u in enumerate(per_clip)]
+        self.scorer_ = MahalanobisScorer(seed=seed).fit(recons)
         self.fold_scorers_ = []
         oof = [None] * len(per_clip)
         for k in range(n_folds):
             inside, outside = np.flatnonzero(fold_of == k), np.flatnonzero(fold_of != k)
-            scorer = MahalanobisScorer(seed=seed).fit([r for i in outside for r in recons[i]])
+            scorer = MahalanobisScorer(seed=seed).fit([recons[i] for i in outside])
             self.fold_scorers_.append(scorer)
             for i in inside:
-                w = np.mean([scorer.window_scores(r) for r in recons[i]], axis=0)
-                oof[i] = self._pool_to_spans(w, logmels[i].shape[0])
+                oof[i] = self._pool_to_spans(scorer.window_scores(recons[i]), logmels[i].shape[0])
         self.oof_scores_ = oof  # per clip: out-of-fold raw span scores
         return self
 
@@ -1032,9 +999,7 @@ class _Member:
         stack = self.stack()
         if fold is not None:
             sc = self.fold_scorers_[fold]
-            per_fold = len(self.nets_) // len(self.fold_scorers_)
-            w = _mahalanobis(x - stack(x, which=slice(fold * per_fold, (fold + 1) * per_fold)), sc.mean_,
-                             sc.precision_).mean(axis=0)
+            w = _mahalanobis(x - stack(x, which=fold)[0], sc.mean_, sc.precision_)
         else:
             w = stack.mean_distance(x, self.scorer_.mean_, self.scorer_.precision_)
         return self._pool_to_spans(w, f.shape[0])
@@ -1085,14 +1050,12 @@ class _Member:
 
     # -- persistence ---------------------------------------------------------------
     def describe(self) -> dict:
-        per_fold = len(self.nets_) // len(self.fold_scorers_)
         oof = np.concatenate(self.oof_scores_) if getattr(self, "oof_scores_", None) else np.zeros(0)
         return {"name": self.name, "network": self.network_config_.to_dict(),
                 "train": {k: v for k, v in vars(self.train_config_).items() if k != "seed"},
                 "standardise": {"loc": self.loc_, "scale": self.scale_, "fold_loc": self.fold_loc_,
                                 "fold_scale": self.fold_scale_, "n_oof_spans": int(oof.size)},
-                "epochs_run": [sum(1 for h in self.history_ if (h["fold"], h.get("network", 0)) == divmod(j, per_fold))
-                               for j in range(len(self.nets_))]}
+                "epochs_run": [sum(1 for h in self.history_ if h["fold"] == k) for k in range(len(self.nets_))]}
 
     def arrays(self) -> dict[str, np.ndarray]:
         out = {f"{self.name}.mean": self.mean_, f"{self.name}.std": self.std_,
@@ -1104,7 +1067,7 @@ class _Member:
 
     @classmethod
     def restore(cls, d: dict, det: MultiViewDetector, arrays: dict, tensors: dict, n_folds: int, *,
-                root: Path, per_fold: int = 1) -> _Member:
+                root: Path) -> _Member:
         import torch
 
         from machine_monitor.autoencoder import DenseAutoencoder, NetworkConfig
@@ -1134,7 +1097,7 @@ class _Member:
             raise ModelError(f"{root / 'model.json'}: {name} standardisation is invalid")
         dev = torch.device(det.device) if det.device else default_device()
         m.nets_ = []
-        for k in range(n_folds * per_fold):
+        for k in range(n_folds):
             prefix = f"{name}.{k}."
             net = DenseAutoencoder(m.network_config_)
             try:
