@@ -266,6 +266,28 @@ def test_with_too_few_spans_the_bank_leaves_the_span_views_out_and_says_so(caplo
     assert list(MultiViewDetector(**{**FAST, "members": ("mean", "std")}).fit(clips).members_) == ["mean", "std"]
 
 
+def test_with_few_recordings_each_fold_network_learns_its_chosen_epochs_from_every_clip_outside_the_fold(
+        det, train_clips, groups):
+    """Three recordings: holding clips out to stop early would leave a large share of them (with
+    four, a whole session, chosen by the seed) unheard by the fold network. Early stopping
+    chooses the epochs; the network then learns that many from every clip outside its fold
+    (sensiml-fan, 6 recordings: clip thresholds 4.32 / 5.07 / 7.25 over seeds 0-2 before,
+    4.47 / 4.85 / 5.62 after)."""
+    from machine_monitor.detectors.multiview import REFIT_BELOW_RECORDINGS
+
+    assert len(set(groups)) < REFIT_BELOW_RECORDINGS
+    for m in det.members_.values():
+        for k in range(det.n_folds_):
+            hist = [h for h in m.history_ if h["fold"] == k]
+            assert hist and all(h.get("refit") for h in hist)  # the network kept is the refitted one
+            assert all("val_loss" not in h for h in hist)  # no clip held out any more
+    # Ten recordings or more outside every fold (15 in 3 folds): early stopping's network is kept.
+    many = MultiViewDetector(**{**FAST, "members": ("mean",)}).fit(train_clips + [clip(300 + i) for i in range(6)],
+                                                                    groups=[f"r{i}" for i in range(15)])
+    assert not any(h.get("refit") for h in many.members_["mean"].history_)
+    assert all("val_loss" in h for h in many.members_["mean"].history_)
+
+
 def test_calibration_uses_the_members_fold_parts(det):
     # No clones refitted: the calibration's out-of-fold scores come from the parts blind to each fold.
     assert "cross-fitted parts" in det.calibration_["how"]

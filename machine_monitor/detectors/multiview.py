@@ -110,6 +110,9 @@ FOLD_SCALE_FLOOR = 0.5
 #: frame view's (hundreds of rows a clip) moved by 0.01. The bank then leaves the span
 #: views out, with a warning; a bank without the frame view, or a view alone, keeps them.
 MIN_SPAN_ROWS = 5
+#: Fewer recordings than this outside a fold: once early stopping on held-out clips has chosen
+#: a fold network's epochs, the network is trained again on every clip outside the fold.
+REFIT_BELOW_RECORDINGS = 10
 #: The ``peak`` view of a model saved before the soft maximum was recorded: the plain maximum.
 _MAX_POOLING = {"decay": 0.0, "top": 1}
 #: ``--features`` names of the single views (the frame member is the DCASE ``logmel`` front-end).
@@ -941,6 +944,17 @@ class _Member:
             hist = train_network(net, lambda idx, r=train, c=c: units[r[idx]] - c, len(train),
                                  None if val is None else (lambda idx, r=val, c=c: units[r[idx]] - c),
                                  0 if val is None else len(val), cfg, device=device, progress=det.progress)
+            if val is not None and len({det.groups_[i] for i in ids}) < REFIT_BELOW_RECORDINGS:
+                # Few recordings: the clips held out to stop early are a large share of them (with
+                # 4, a whole session may be left unheard, and which one follows the seed). Early
+                # stopping has chosen the epochs; the network then learns them from every clip.
+                best = min(hist, key=lambda h: h["val_loss"])["epoch"]
+                every = np.concatenate([train, val])
+                torch.manual_seed(seed + k)
+                net = DenseAutoencoder(self.network_config_)
+                hist = [{**h, "refit": True} for h in train_network(
+                    net, lambda idx, r=every, c=c: units[r[idx]] - c, len(every), None, 0,
+                    dataclasses.replace(cfg, epochs=int(best)), device=device, progress=det.progress)]
             self.nets_.append(fold_centring(net.eval(), c))
             self.history_ += [{"fold": k, **h} for h in hist]
         self.train_config_ = self._train_config(seed)
