@@ -40,6 +40,19 @@ def test_an_ensemble_scores_new_audio_with_the_mean_of_its_networks(fitted_detec
     assert fitted_detector.score_signal(y) == pytest.approx(float(np.mean(each)))
 
 
+def test_with_few_recordings_each_fold_network_learns_its_chosen_epochs_from_every_clip_outside_the_fold(
+        normal_arrays):
+    """Five recordings (fewer than base.REFIT_BELOW_RECORDINGS outside each fold): early
+    stopping on held-out clips chooses a fold network's epochs, then the network learns that
+    many from every clip outside its fold, none left unheard."""
+    det = Detector(**PEAK).fit(normal_arrays, groups=[f"rec{i % 5}" for i in range(15)])
+    for k in range(det.ensemble_size):
+        hist = [h for h in det.history_ if h["fold"] == k]
+        assert hist and all(h.get("refit") and "val_loss" not in h for h in hist)
+    # Fifteen recordings (12 outside each fold): early stopping's own networks are kept.
+    assert all("val_loss" in h and not h.get("refit") for h in Detector(**PEAK).fit(normal_arrays).history_)
+
+
 def test_higher_score_means_more_anomalous(fitted_detector):
     normal = fitted_detector.score([hum(1.0, seed=s) for s in range(20, 25)])
     faulty = fitted_detector.score([clicks(1.0, seed=s) for s in range(20, 25)])

@@ -273,7 +273,7 @@ def test_with_few_recordings_each_fold_network_learns_its_chosen_epochs_from_eve
     chooses the epochs; the network then learns that many from every clip outside its fold
     (sensiml-fan, 6 recordings: clip thresholds 4.32 / 5.07 / 7.25 over seeds 0-2 before,
     4.47 / 4.85 / 5.62 after)."""
-    from machine_monitor.detectors.multiview import REFIT_BELOW_RECORDINGS
+    from machine_monitor.detectors.base import REFIT_BELOW_RECORDINGS
 
     assert len(set(groups)) < REFIT_BELOW_RECORDINGS
     for m in det.members_.values():

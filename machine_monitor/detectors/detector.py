@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from machine_monitor.detectors.base import BaseDetector, as_clip_list, clip_name
+from machine_monitor.detectors.base import REFIT_BELOW_RECORDINGS, BaseDetector, as_clip_list, clip_name
 from machine_monitor.errors import ConfigError, ModelError
 from machine_monitor.features import FeatureConfig, gather_windows, stack_frames, window_index
 from machine_monitor.scorers.registry import make_scorer
@@ -196,9 +196,10 @@ class Detector(BaseDetector):
             return 1
         return min(int(folds), n_clips)
 
-    def _train_network(self, per_clip, train_ids, val_ids, seed: int, *, centre: np.ndarray | None = None):
+    def _train_network(self, per_clip, train_ids, val_ids, seed: int, *, centre: np.ndarray | None = None,
+                       epochs: int | None = None):
         """A network trained on clips ``train_ids``, early-stopped on clips ``val_ids``
-        (their frames minus ``centre``, when given)."""
+        (their frames minus ``centre``, when given); no ``val_ids``: ``epochs`` epochs."""
         import torch
 
         from machine_monitor.autoencoder import DenseAutoencoder
@@ -206,19 +207,21 @@ class Detector(BaseDetector):
 
         ctx = self.feature_config_.stack
         train_frames = np.concatenate([per_clip[i] for i in train_ids])
-        val_frames = np.concatenate([per_clip[i] for i in val_ids])
+        val_frames = np.concatenate([per_clip[i] for i in val_ids]) if len(val_ids) else None
         if centre is not None:  # the concatenations are copies already: centred in place
             train_frames -= centre
-            val_frames -= centre
+            if val_frames is not None:
+                val_frames -= centre
         train_starts = window_index(np.array([len(per_clip[i]) for i in train_ids]), context=ctx)
-        val_starts = window_index(np.array([len(per_clip[i]) for i in val_ids]), context=ctx)
+        val_starts = window_index(np.array([len(per_clip[i]) for i in val_ids]), context=ctx) if len(val_ids) else []
         torch.manual_seed(seed)
         net = DenseAutoencoder(self.network_config_)
+        cfg = dataclasses.replace(self.train_config_, seed=seed, **({"epochs": int(epochs)} if epochs else {}))
         history = train_network(
             net,
             lambda idx: gather_windows(train_frames, train_starts[idx], context=ctx), len(train_starts),
-            lambda idx: gather_windows(val_frames, val_starts[idx], context=ctx), len(val_starts),
-            dataclasses.replace(self.train_config_, seed=seed), device=self._device, progress=self.progress)
+            None if val_frames is None else (lambda idx: gather_windows(val_frames, val_starts[idx], context=ctx)),
+            len(val_starts), cfg, device=self._device, progress=self.progress)
         return net, history
 
     def _fit_folds(self, per_clip: list[np.ndarray], folds: int, scorer, *, groups=None) -> None:
@@ -249,6 +252,13 @@ class Detector(BaseDetector):
             n_val = min(len(ids) - 1, max(1, int(round(self.val_fraction * len(ids)))))
             net, hist = self._train_network(per_clip, np.sort(ids[n_val:]), np.sort(ids[:n_val]), self.seed + k,
                                             centre=centres[k])
+            if len({groups[i] for i in ids}) < REFIT_BELOW_RECORDINGS:
+                # Few recordings: early stopping chose the epochs; learn them from every clip
+                # outside the fold (base.REFIT_BELOW_RECORDINGS says why).
+                best = min(hist, key=lambda h: h["val_loss"])["epoch"]
+                net, hist = self._train_network(per_clip, np.sort(ids), [], self.seed + k, centre=centres[k],
+                                                epochs=best)
+                hist = [{**h, "refit": True} for h in hist]
             self.networks_.append(fold_centring(net.eval(), np.tile(centres[k], self.feature_config_.stack)))
             self.history_ += [{"fold": k, **h} for h in hist]
         self.network_ = self.networks_[0]

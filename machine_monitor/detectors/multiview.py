@@ -66,7 +66,7 @@ from pathlib import Path
 
 import numpy as np
 
-from machine_monitor.detectors.base import BaseDetector, StreamScorer, as_clip_list, clip_name
+from machine_monitor.detectors.base import REFIT_BELOW_RECORDINGS, BaseDetector, StreamScorer, as_clip_list, clip_name
 from machine_monitor.errors import ConfigError, ModelError
 from machine_monitor.features import (
     SOFT_PEAK_DECAY,
@@ -110,9 +110,6 @@ FOLD_SCALE_FLOOR = 0.5
 #: frame view's (hundreds of rows a clip) moved by 0.01. The bank then leaves the span
 #: views out, with a warning; a bank without the frame view, or a view alone, keeps them.
 MIN_SPAN_ROWS = 5
-#: Fewer recordings than this outside a fold: once early stopping on held-out clips has chosen
-#: a fold network's epochs, the network is trained again on every clip outside the fold.
-REFIT_BELOW_RECORDINGS = 10
 #: The ``peak`` view of a model saved before the soft maximum was recorded: the plain maximum.
 _MAX_POOLING = {"decay": 0.0, "top": 1}
 #: ``--features`` names of the single views (the frame member is the DCASE ``logmel`` front-end).
@@ -945,9 +942,8 @@ class _Member:
                                  None if val is None else (lambda idx, r=val, c=c: units[r[idx]] - c),
                                  0 if val is None else len(val), cfg, device=device, progress=det.progress)
             if val is not None and len({det.groups_[i] for i in ids}) < REFIT_BELOW_RECORDINGS:
-                # Few recordings: the clips held out to stop early are a large share of them (with
-                # 4, a whole session may be left unheard, and which one follows the seed). Early
-                # stopping has chosen the epochs; the network then learns them from every clip.
+                # Few recordings (base.REFIT_BELOW_RECORDINGS): early stopping has chosen the
+                # epochs; the network then learns them from every clip outside the fold.
                 best = min(hist, key=lambda h: h["val_loss"])["epoch"]
                 every = np.concatenate([train, val])
                 torch.manual_seed(seed + k)
