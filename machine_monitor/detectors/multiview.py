@@ -784,14 +784,22 @@ class _Stack:
                 w = np.stack([getattr(c, part)[i][0] for c in copies]).astype(np.float32)
                 b = np.stack([getattr(c, part)[i][1] for c in copies])[:, None, :].astype(np.float32)
                 self.layers.append((w, b, relu))
+        # Every network's first layer side by side, (d, K * hidden): rows shared by all K
+        # networks go through one matrix product instead of K (a third less time for them).
+        w0 = self.layers[0][0]
+        self._first = np.ascontiguousarray(w0.transpose(1, 0, 2).reshape(w0.shape[1], -1))
 
     def __call__(self, x: np.ndarray, which: int | None = None, *, layers: list | None = None) -> np.ndarray:
         """Reconstructions ``(K, n, d)`` of rows ``x`` ``(n, d)`` by every network (or ``(1, n, d)``: one)."""
         h = np.asarray(x, dtype=np.float32)
-        for w, b, relu in self.layers if layers is None else layers:
+        layers = self.layers if layers is None else layers
+        for w, b, relu in layers:
             if which is not None:
                 w, b = w[which : which + 1], b[which : which + 1]
-            h = h @ w
+            if h.ndim == 2 and which is None and w is self.layers[0][0]:
+                h = np.ascontiguousarray((h @ self._first).reshape(len(h), w.shape[0], -1).transpose(1, 0, 2))
+            else:
+                h = h @ w
             h += b
             if relu:
                 np.maximum(h, 0, out=h)
