@@ -376,6 +376,19 @@ def test_groups_from_paths_by_file_folder_and_pattern():
 
 
 # -- operating state ---------------------------------------------------------------------------
+def test_block_levels_are_rms_dbfs_of_half_second_blocks_for_float_and_integer_samples():
+    from machine_monitor.threshold import block_levels_db
+
+    rng = np.random.default_rng(0)
+    y = np.concatenate([0.1 * rng.standard_normal(8000), 0.01 * rng.standard_normal(8000)]).astype(np.float32)
+    exact = 10 * np.log10(np.mean(y.astype(np.float64).reshape(2, 8000) ** 2, axis=1))
+    np.testing.assert_allclose(block_levels_db(y, sr=16_000), exact, atol=1e-4)  # float32 sums: ~1e-6 dB
+    assert block_levels_db(y, sr=16_000) == pytest.approx([-20.0, -40.0], abs=0.2)
+    # Integer samples (an int16 file read raw) must not overflow their own squares.
+    full_scale = np.full(16_000, 30_000, dtype=np.int16)
+    np.testing.assert_allclose(block_levels_db(full_scale, sr=16_000), 20 * np.log10(30_000), atol=1e-6)
+
+
 def test_machine_stopped_below_the_training_levels_with_hysteresis():
     prof = level_profile(np.random.default_rng(0).normal(-28, 0.5, 500))
     assert prof["stopped_below_db"] == pytest.approx(prof["p1_db"] - 10)
