@@ -1149,9 +1149,10 @@ def block_levels_db(y, *, sr: int, block_seconds: float = LEVEL_BLOCK_SECONDS) -
     # Sums of squares as row dot products (no squared copy of the audio: a fifth of the time,
     # which a scan pays for every file); float32 sums of 8,000 squares err ~1e-6 dB.
     rows = y[: n * b].reshape(n, b)
-    if rows.dtype not in (np.float32, np.float64):  # integer samples would overflow their own squares
-        rows = rows.astype(np.float64)
-    ms = np.einsum("ij,ij->i", rows, rows).astype(np.float64) / b
+    # Integer samples would overflow their own squares: summed in float64, buffer by buffer
+    # (no float64 copy of an hour of audio).
+    wide = {} if rows.dtype in (np.float32, np.float64) else {"dtype": np.float64, "casting": "safe"}
+    ms = np.einsum("ij,ij->i", rows, rows, **wide).astype(np.float64) / b
     return 10 * np.log10(ms + 1e-20)
 
 

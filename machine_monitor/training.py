@@ -37,6 +37,11 @@ class TrainConfig:
     seed: int = 0
 
 
+def best_epoch(history: list[dict]) -> int:
+    """The epoch (1-based) with the lowest validation loss in a :func:`train_network` history."""
+    return int(min(history, key=lambda h: h["val_loss"])["epoch"])
+
+
 def default_device() -> torch.device:
     """The first CUDA GPU when there is one, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")

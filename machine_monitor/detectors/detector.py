@@ -255,9 +255,10 @@ class Detector(BaseDetector):
             if len({groups[i] for i in ids}) < REFIT_BELOW_RECORDINGS:
                 # Few recordings: early stopping chose the epochs; learn them from every clip
                 # outside the fold (base.REFIT_BELOW_RECORDINGS says why).
-                best = min(hist, key=lambda h: h["val_loss"])["epoch"]
+                from machine_monitor.training import best_epoch
+
                 net, hist = self._train_network(per_clip, np.sort(ids), [], self.seed + k, centre=centres[k],
-                                                epochs=best)
+                                                epochs=best_epoch(hist))
                 hist = [{**h, "refit": True} for h in hist]
             self.networks_.append(fold_centring(net.eval(), np.tile(centres[k], self.feature_config_.stack)))
             self.history_ += [{"fold": k, **h} for h in hist]

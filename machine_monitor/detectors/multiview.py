@@ -886,7 +886,7 @@ class _Member:
         from machine_monitor.autoencoder import DenseAutoencoder, fold_centring, fold_means
         from machine_monitor.scorers.residual import MahalanobisScorer
         from machine_monitor.screening import rows_in_pieces
-        from machine_monitor.training import default_device, train_network
+        from machine_monitor.training import best_epoch, default_device, train_network
 
         det = self.det
         fcfg = det.feature_config
@@ -952,13 +952,12 @@ class _Member:
             if val is not None and len({det.groups_[i] for i in ids}) < REFIT_BELOW_RECORDINGS:
                 # Few recordings (base.REFIT_BELOW_RECORDINGS): early stopping has chosen the
                 # epochs; the network then learns them from every clip outside the fold.
-                best = min(hist, key=lambda h: h["val_loss"])["epoch"]
                 every = np.concatenate([train, val])
                 torch.manual_seed(seed + k)
                 net = DenseAutoencoder(self.network_config_)
                 hist = [{**h, "refit": True} for h in train_network(
                     net, lambda idx, r=every, c=c: units[r[idx]] - c, len(every), None, 0,
-                    dataclasses.replace(cfg, epochs=int(best)), device=device, progress=det.progress)]
+                    dataclasses.replace(cfg, epochs=best_epoch(hist)), device=device, progress=det.progress)]
             self.nets_.append(fold_centring(net.eval(), c))
             self.history_ += [{"fold": k, **h} for h in hist]
         self.train_config_ = self._train_config(seed)
