@@ -24,6 +24,7 @@ honestly calibrated alarm from that member alone could catch at 5 % false alarms
     python benchmarks/bench_fusion_limits.py --bound
     python benchmarks/bench_fusion_limits.py --json /tmp/limits.json       # the bound and three sets
     python benchmarks/bench_fusion_limits.py --sets valve:drift --seeds 0 --extra 40
+    python benchmarks/bench_fusion_limits.py --sets hum fan valve texture     # every SYNTHETIC set
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ EXTRA_SEED = 2**17
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bound", action="store_true", help="the simulated bound only")
-    ap.add_argument("--sets", nargs="+", default=list(DEFAULT_SETS), metavar="KIND:MECHANISM")
+    ap.add_argument("--sets", nargs="+", default=list(DEFAULT_SETS), metavar="KIND[:MECHANISM]",
+                    help="a kind alone: every mechanism of it (one fit per kind and seed)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--extra", type=int, default=80, help="more normal clips per kind (default 80)")
     ap.add_argument("--synth-dir", type=Path, default=Path("/tmp/mm_synthetic_mechanisms"))
@@ -105,8 +107,9 @@ def extra_normals(root: Path, kind: str, count: int) -> list[str]:
     return paths
 
 
-def measure(ds: dict, mechanism: str, extra: list[str], seed: int) -> dict:
-    """Per member and the default: AUC vs the list's normals and vs ``extra``; spread; honest catch."""
+def measure(ds: dict, mechanisms: list[str], extra: list[str], seed: int) -> dict[str, dict]:
+    """Per mechanism, per member and the default: AUC vs the list's normals and vs ``extra``;
+    each member's spread on new normals over out of fold, and its honest catch."""
     import numpy as np
     from sklearn.metrics import roc_auc_score
 
@@ -117,23 +120,26 @@ def measure(ds: dict, mechanism: str, extra: list[str], seed: int) -> dict:
     det.calibrate_on_fit = False
     det.fit(ds["train"])
     normal = [file_member_z(det, p) for p, lab, _ in ds["test"] if lab == 0]
-    faults = [file_member_z(det, p) for p, lab, m in ds["test"] if lab == 1 and m == mechanism]
     more = [file_member_z(det, p) for p in extra]
+    oof = {}
+    for name, m in det.members_.items():
+        z = m.oof_z()
+        bounds = np.cumsum([0] + [len(o) for o in m.oof_scores_])
+        oof[name] = np.array([aggregate(z[i:j], det.aggregate) for i, j in zip(bounds[:-1], bounds[1:])])
 
     def auc(neg, pos):
         return float(roc_auc_score(np.r_[np.zeros(len(neg)), np.ones(len(pos))], np.r_[neg, pos]))
 
     out = {}
-    for name in [*det.members_, "default"]:
-        a, b, c = (np.array([s[name] for s in rows]) for rows in (normal, faults, more))
-        out[name] = {"auc_list": auc(a, b), "auc_extra": auc(c, b)}
-        if name in det.members_:
-            m = det.members_[name]
-            z = m.oof_z()
-            bounds = np.cumsum([0] + [len(o) for o in m.oof_scores_])
-            oof = np.array([aggregate(z[i:j], det.aggregate) for i, j in zip(bounds[:-1], bounds[1:])])
-            out[name].update({"sd_ratio_extra": float(c.std() / max(oof.std(), 1e-12)),
-                              "faults_above_oof95": float((b > np.percentile(oof, 95)).mean())})
+    for mechanism in mechanisms:
+        faults = [file_member_z(det, p) for p, lab, m in ds["test"] if lab == 1 and m == mechanism]
+        out[mechanism] = {}
+        for name in [*det.members_, "default"]:
+            a, b, c = (np.array([s[name] for s in rows]) for rows in (normal, faults, more))
+            row = out[mechanism][name] = {"auc_list": auc(a, b), "auc_extra": auc(c, b)}
+            if name in oof:
+                row.update({"sd_ratio_extra": float(c.std() / max(oof[name].std(), 1e-12)),
+                            "faults_above_oof95": float((b > np.percentile(oof[name], 95)).mean())})
     return out
 
 
@@ -152,23 +158,32 @@ def main(argv=None) -> int:
 
         torch.set_num_threads(args.threads)
         result["sets"] = {}
-        for spec in args.sets:
-            kind, mechanism = spec.split(":")
+        from machine_monitor.synth import mechanism_pairs
+
+        wanted: dict[str, list[str]] = {}
+        for spec in args.sets:  # "kind:mechanism", or "kind" for every mechanism of that kind
+            kind, _, mechanism = spec.partition(":")
+            wanted.setdefault(kind, []).extend([mechanism] if mechanism else
+                                               [m for k, m in mechanism_pairs() if k == kind])
+        for kind, mechanisms in wanted.items():
             ds = synthetic_sets(args.synth_dir, [kind])[0]
             extra = extra_normals(args.synth_dir, kind, args.extra)
             runs = []
             for seed in args.seeds:
                 t0 = time.perf_counter()
-                runs.append(measure(ds, mechanism, extra, seed))
-                print(f"{spec} seed {seed}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-            result["sets"][spec] = runs
-            print(f"\nSYNTHETIC {spec}, seeds {args.seeds}: mean over seeds (20 listed normals; {args.extra} more)")
-            print(f"{'row':<8} {'AUC list':>9} {'AUC more':>9} {'sd new/oof':>11} {'faults > oof p95':>17}")
-            for name in runs[0]:
-                cell = {k: statistics.fmean(r[name][k] for r in runs) for k in runs[0][name]}
-                print(f"{name:<8} {cell['auc_list']:>9.3f} {cell['auc_extra']:>9.3f} "
-                      + (f"{cell['sd_ratio_extra']:>11.2f} {cell['faults_above_oof95']:>16.0%}"
-                         if "sd_ratio_extra" in cell else ""))
+                runs.append(measure(ds, mechanisms, extra, seed))
+                print(f"{kind} seed {seed}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+            for mechanism in mechanisms:
+                per_seed = [r[mechanism] for r in runs]
+                result["sets"][f"{kind}:{mechanism}"] = per_seed
+                print(f"\nSYNTHETIC {kind} {mechanism}, seeds {args.seeds}: mean over seeds "
+                      f"(20 listed normals; {args.extra} more)")
+                print(f"{'row':<8} {'AUC list':>9} {'AUC more':>9} {'sd new/oof':>11} {'faults > oof p95':>17}")
+                for name in per_seed[0]:
+                    cell = {k: statistics.fmean(r[name][k] for r in per_seed) for k in per_seed[0][name]}
+                    print(f"{name:<8} {cell['auc_list']:>9.3f} {cell['auc_extra']:>9.3f} "
+                          + (f"{cell['sd_ratio_extra']:>11.2f} {cell['faults_above_oof95']:>16.0%}"
+                             if "sd_ratio_extra" in cell else ""))
     if args.json:
         args.json.write_text(json.dumps({**result, "load_average": os.getloadavg()}, indent=1))
     return 0
