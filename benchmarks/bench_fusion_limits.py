@@ -45,7 +45,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_generalisation import file_member_z, set_threads, synthetic_sets  # noqa: E402
+from bench_generalisation import file_member_z, oof_clip_z, set_threads, synthetic_sets  # noqa: E402
 
 #: The SYNTHETIC sets the default misses a goal on (benchmarks/README.md, issue 11).
 DEFAULT_SETS = ("valve:drift", "hum:knocks", "texture:weak_clicks")
@@ -123,18 +123,13 @@ def measure(ds: dict, mechanisms: list[str], extra: list[str], seed: int) -> dic
     from sklearn.metrics import roc_auc_score
 
     from machine_monitor.detectors.multiview import MultiViewDetector
-    from machine_monitor.scorers.residual import aggregate
 
     det = MultiViewDetector(seed=seed)
     det.calibrate_on_fit = False
     det.fit(ds["train"])
     normal = [file_member_z(det, p) for p, lab, _ in ds["test"] if lab == 0]
     more = [file_member_z(det, p) for p in extra]
-    oof = {}
-    for name, m in det.members_.items():
-        z = m.oof_z()
-        bounds = np.cumsum([0] + [len(o) for o in m.oof_scores_])
-        oof[name] = np.array([aggregate(z[i:j], det.aggregate) for i, j in zip(bounds[:-1], bounds[1:])])
+    oof = {name: oof_clip_z(det, name) for name in det.members_}
 
     def auc(neg, pos):
         return float(roc_auc_score(np.r_[np.zeros(len(neg)), np.ones(len(pos))], np.r_[neg, pos]))
@@ -176,10 +171,11 @@ def main(argv=None) -> int:
     for r in result["bound"]:
         print(f"{r['members']:>2} {r['d']:>4.1f} {r['oracle']:>7.3f} {r['max']:>6.3f} {r['bayes']:>6.3f} "
               f"{r['bayes'] - r['oracle']:>+12.3f} {r['list_gap']:>+15.3f} {r['list_within_0.02']:>18.0%}")
-    if args.promise:
+    if not args.bound:
         import torch
 
         torch.set_num_threads(args.threads)
+    if args.promise:
         result["promise"] = {}
         print("\nclip threshold on new normal clips (promise: 1 % flagged)")
         for kind in dict.fromkeys(spec.partition(":")[0] for spec in args.sets):
@@ -191,9 +187,6 @@ def main(argv=None) -> int:
                   + f"  (seeds {args.seeds}; {flagged} of {clips}: {flagged / clips:.1%}; thresholds "
                   + ", ".join(f"{r['threshold']:.2f}" for r in runs) + ")")
     elif not args.bound:
-        import torch
-
-        torch.set_num_threads(args.threads)
         result["sets"] = {}
         from machine_monitor.synth import mechanism_pairs
 

@@ -238,17 +238,26 @@ def member_spread(det, ds: dict, scores: list[dict]) -> dict[str, float]:
     """
     import numpy as np
 
-    from machine_monitor.scorers.residual import aggregate
-
     normal = [i for i, (_, lab, _) in enumerate(ds["test"]) if lab == 0]
     out = {}
-    for name, m in det.members_.items():
-        z = m.oof_z()
-        bounds = np.cumsum([0] + [len(o) for o in m.oof_scores_])
-        oof = np.array([aggregate(z[a:b], det.aggregate) for a, b in zip(bounds[:-1], bounds[1:])])
+    for name in det.members_:
+        oof = oof_clip_z(det, name)
         new = np.array([scores[i][name] for i in normal])
         out[name] = float(np.std(new) / max(np.std(oof), 1e-12)) if len(new) > 1 and len(oof) > 1 else float("nan")
     return out
+
+
+def oof_clip_z(det, name: str):
+    """Member ``name``'s out-of-fold standardised score of every training clip (its spans pooled
+    as the clip score pools them): what its standardisation and the threshold rest on."""
+    import numpy as np
+
+    from machine_monitor.scorers.residual import aggregate
+
+    m = det.members_[name]
+    z = m.oof_z()
+    bounds = np.cumsum([0] + [len(o) for o in m.oof_scores_])
+    return np.array([aggregate(z[a:b], det.aggregate) for a, b in zip(bounds[:-1], bounds[1:])])
 
 
 def run_pyod(ds: dict, seed: int) -> tuple[list[float], float]:
